@@ -1,0 +1,57 @@
+//! The v1 HTTP API: axum routes as plain async functions over [`AppState`].
+
+pub mod error;
+mod routes;
+
+use crate::authority::Authority;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Shared by every handler.
+pub struct AppState {
+    pub authority: Authority,
+    pub config: Config,
+    pub policy: Policy,
+    pub metrics: Metrics,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Builds the router with every v1 route, problem-document 404s and request metrics.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/ca/bundle", get(routes::bundle))
+        .route("/v1/ca/keys", get(routes::ca_keys))
+        .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn track(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.request(
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    if let Some(kind) = resp.extensions().get::<error::RefusalKind>() {
+        state.metrics.refused(kind.0);
+    }
+    resp
+}

@@ -1,0 +1,16 @@
+//! pedm-ca: an SSH certificate authority for privilege elevation and delegation management.
+//!
+//! Pure core (`policy`, `cert`, `names`, `audit` hashing) with I/O at the edges (`store`,
+//! `signer`, `http`, `oidc`). Every certificate goes through [`authority::Authority`].
+
+pub mod audit;
+pub mod authority;
+pub mod cert;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod names;
+pub mod policy;
+pub mod serve;
+pub mod signer;
+pub mod store;

@@ -1,0 +1,243 @@
+//! `pedm-ca`: initialise, serve, break-glass issuance and audit tools.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pedm_ca::authority::{self, Authority, DB_FILE};
+use pedm_ca::config::Config;
+use pedm_ca::serve::passphrase;
+use pedm_ca::store::{SqliteStore, Store};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pedm-ca", version, about = "pedm-ssh certificate authority")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new CA: trust root, first CA key, database.
+    ///
+    /// Example: PEDM_CA_PASSPHRASE=… pedm-ca init --data-dir /var/lib/pedm-ca
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// File holding the passphrase (mode 0600); else PEDM_CA_PASSPHRASE.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Write the keys unencrypted (tests and demos only).
+        #[arg(long)]
+        insecure_no_passphrase: bool,
+        /// Lifetime of the first trust bundle.
+        #[arg(long, default_value = "7d")]
+        bundle_lifetime: String,
+    },
+    /// Run the CA.
+    ///
+    /// Example: pedm-ca serve --config /etc/pedm-ca/ca.toml
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Break-glass: issue a certificate locally, without the identity provider.
+    ///
+    /// Example: pedm-ca issue --data-dir /var/lib/pedm-ca --public-key id.pub --principal break-glass --ttl 5m --reason "IdP down, INC-42"
+    Issue {
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// The user's public key file.
+        #[arg(long)]
+        public_key: PathBuf,
+        /// A principal the certificate carries (repeat for more).
+        #[arg(long = "principal", required = true)]
+        principals: Vec<String>,
+        /// Lifetime, at most 1h.
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+        /// Why; recorded in the audit log, never in the certificate.
+        #[arg(long)]
+        reason: String,
+        /// Write the certificate here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and every signed checkpoint.
+    ///
+    /// Example: pedm-ca audit verify --data-dir /var/lib/pedm-ca
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Write records (and checkpoints) as JSON lines for a SIEM.
+    ///
+    /// Example: pedm-ca audit export --data-dir /var/lib/pedm-ca --since 0 > audit.jsonl
+    Export {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+const MAX_BREAK_GLASS_TTL: u64 = 3600;
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PEDM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("pedm-ca: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            data_dir,
+            passphrase_file,
+            insecure_no_passphrase,
+            bundle_lifetime,
+        } => {
+            let pass = passphrase(passphrase_file.as_deref())?;
+            if pass.is_none() && !insecure_no_passphrase {
+                anyhow::bail!(
+                    "no passphrase: set PEDM_CA_PASSPHRASE or --passphrase-file (or --insecure-no-passphrase for a throw-away CA)"
+                );
+            }
+            let lifetime =
+                pedm_api::duration::parse(&bundle_lifetime).context("--bundle-lifetime")?;
+            let report = authority::init(&data_dir, pass.as_ref(), lifetime.as_secs() as i64)?;
+            println!("trust-root: {}", report.trust_root);
+            println!("ca-key: {}", report.ca_key);
+            println!("{}", report.ca_public_key);
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(pedm_ca::serve::serve(config))
+        }
+        Command::Issue {
+            data_dir,
+            config,
+            passphrase_file,
+            public_key,
+            principals,
+            ttl,
+            reason,
+            out,
+        } => {
+            let (data_dir, pass_file, skew, every) = match (data_dir, config) {
+                (Some(d), _) => (d, passphrase_file, 60, 1000),
+                (None, Some(c)) => {
+                    let c = Config::load(&c)?;
+                    (
+                        c.data_dir,
+                        passphrase_file.or(c.passphrase_file),
+                        c.certs.clock_skew.0.as_secs(),
+                        c.audit.checkpoint_every,
+                    )
+                }
+                (None, None) => anyhow::bail!("give --data-dir or --config"),
+            };
+            let ttl = pedm_api::duration::parse(&ttl).context("--ttl")?.as_secs();
+            if ttl > MAX_BREAK_GLASS_TTL {
+                anyhow::bail!("--ttl may be at most 1h for break-glass certificates");
+            }
+            let key_text = std::fs::read_to_string(&public_key)
+                .with_context(|| format!("cannot read {}", public_key.display()))?;
+            let pass = passphrase(pass_file.as_deref())?;
+            let ca = Authority::open(&data_dir, pass.as_ref(), every)?;
+            let operator = std::env::var("SUDO_USER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "unknown".into());
+            let issued = ca.break_glass(&operator, &key_text, &principals, ttl, &reason, skew)?;
+            ca.checkpoint()?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, format!("{}\n", issued.row.certificate))
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "wrote {} (serial {}, key ID {:?})",
+                        path.display(),
+                        issued.row.serial,
+                        issued.row.key_id
+                    );
+                }
+                None => println!("{}", issued.row.certificate),
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => {
+            let report = authority::verify_audit(&data_dir)?;
+            println!(
+                "audit chain OK: {} records, head {}, {} checkpoints, newest at record {}",
+                report.records,
+                report.head_hash,
+                report.checkpoints,
+                report
+                    .newest_checkpoint
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "(none)".into())
+            );
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Export { data_dir, since },
+        } => {
+            let store = SqliteStore::open(&data_dir.join(DB_FILE))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut cursor = since;
+            loop {
+                let batch = store.audit_records(cursor, 10_000)?;
+                let Some(last) = batch.last() else { break };
+                cursor = last.seq;
+                for r in &batch {
+                    let mut v = serde_json::to_value(r)?;
+                    v["type"] = "record".into();
+                    writeln!(out, "{v}")?;
+                }
+            }
+            let mut cps = store.checkpoints()?;
+            cps.extend(authority::read_checkpoint_file(
+                &data_dir.join(authority::CHECKPOINT_FILE),
+            )?);
+            cps.sort_by_key(|c| c.seq);
+            cps.dedup();
+            for c in cps.iter().filter(|c| c.seq > since) {
+                let mut v = serde_json::to_value(c)?;
+                v["type"] = "checkpoint".into();
+                writeln!(out, "{v}")?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `pedm-ca serve`: open the CA, keep the bundle fresh, answer HTTP, checkpoint on shutdown.
+
+use crate::authority::Authority;
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::signer::{check_private_file_mode, Passphrase};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Finds the key passphrase: `PEDM_CA_PASSPHRASE`, else a 0600 file. `None`: keys must be
+/// unencrypted.
+pub fn passphrase(file: Option<&Path>) -> anyhow::Result<Option<Passphrase>> {
+    if let Some(path) = file {
+        check_private_file_mode(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the passphrase file {}: {e}", path.display())
+        })?;
+        let text = text.trim_end_matches(['\n', '\r']).to_string();
+        if text.is_empty() {
+            anyhow::bail!("the passphrase file {} is empty", path.display());
+        }
+        return Ok(Some(Passphrase::new(text)));
+    }
+    match std::env::var("PEDM_CA_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => Ok(Some(Passphrase::new(p))),
+        _ => Ok(None),
+    }
+}
+
+/// Runs the CA until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let pass = passphrase(config.passphrase_file.as_deref())?;
+    let authority = Authority::open(
+        &config.data_dir,
+        pass.as_ref(),
+        config.audit.checkpoint_every,
+    )?;
+    let lifetime = config.bundle.lifetime.0.as_secs() as i64;
+    let bundle = authority.ensure_bundle(lifetime)?;
+    tracing::info!(version = bundle.version, active_key = %authority.active_key(), "trust bundle ready");
+    let state = Arc::new(AppState {
+        policy: config.policy(),
+        authority,
+        config: config.clone(),
+        metrics: Metrics::default(),
+    });
+    let app = router(state.clone());
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr: SocketAddr = listener.local_addr()?;
+    println!("listening on {addr}");
+
+    let refresher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let s = state.clone();
+                let r =
+                    tokio::task::spawn_blocking(move || s.authority.ensure_bundle(lifetime)).await;
+                if let Ok(Err(e)) = r {
+                    tracing::error!("re-signing the trust bundle failed: {e}");
+                }
+            }
+        })
+    };
+
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+
+    match &config.tls {
+        Some(tls) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls_config =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "tls: cannot load {} / {}: {e}",
+                            tls.cert_file.display(),
+                            tls.key_file.display()
+                        )
+                    })?;
+            axum_server::from_tcp_rustls(listener, tls_config)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+    }
+    refresher.abort();
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || s.authority.checkpoint()).await??;
+    tracing::info!("stopped; audit checkpoint written");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Persistence behind a trait: SQLite (embedded default) now, PostgreSQL later.
+//!
+//! Invariants every back-end keeps: each state change and its audit record commit in one
+//! transaction; serials and the audit chain head are read inside the writing transaction,
+//! never cached across transactions (another process may write to the same store); no
+//! certificate is returned before its transaction is durable.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::audit::{AuditEvent, AuditRecord, Checkpoint};
+use crate::cert::CertError;
+use pedm_api::KeyState;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the certificate could not be made: {0}")]
+    Cert(#[from] CertError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A CA signing key as stored; rows are never deleted, so old checkpoints stay verifiable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaKeyRow {
+    pub fingerprint: String,
+    pub public_key: String,
+    pub state: KeyState,
+    /// Relative to the data directory.
+    pub key_file: String,
+    pub created_at: i64,
+}
+
+/// The trust root's public half (the private key may live offline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRootRow {
+    pub fingerprint: String,
+    pub public_key: String,
+    pub key_file: String,
+}
+
+/// A signed bundle as published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRow {
+    pub version: u64,
+    pub payload: Vec<u8>,
+    pub signature: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+/// What kind of certificate, for the record and the audit action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKind {
+    Base,
+    BreakGlass,
+}
+
+impl CertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertKind::Base => "base",
+            CertKind::BreakGlass => "break-glass",
+        }
+    }
+}
+
+/// Facts about a certificate known before its serial is allocated.
+#[derive(Debug, Clone)]
+pub struct IssueIntent {
+    pub kind: CertKind,
+    /// Username, or the operator for break-glass.
+    pub actor: String,
+    pub user: String,
+    pub principals: Vec<String>,
+    pub public_key_fingerprint: String,
+    pub ca_key: String,
+    /// SHA-256 hex of the session token, for base certificates.
+    pub session: Option<String>,
+    /// Extra audit details (for example the break-glass reason).
+    pub details: serde_json::Value,
+}
+
+/// What the signer made for an allocated serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCert {
+    pub certificate: String,
+    pub key_id: String,
+    pub valid_after: i64,
+    pub valid_before: i64,
+}
+
+/// An issued certificate as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedRow {
+    pub serial: u64,
+    pub key_id: String,
+    pub certificate: String,
+    pub valid_after: i64,
+    pub valid_before: i64,
+    pub audit_seq: u64,
+}
+
+/// A signed-in session; `id` is the SHA-256 of the token, the token itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub user: String,
+    pub issuer: String,
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    pub principals: Vec<String>,
+    pub auth_time: Option<i64>,
+    pub method: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// A browser login between `start` and `finish`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLogin {
+    pub state: String,
+    pub secret_sha256: String,
+    pub redirect_uri: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// Everything the CA persists.
+pub trait Store: Send + Sync {
+    /// Sets up a new CA: trust root, first active key, the `ca.init` record.
+    fn init_ca(
+        &self,
+        root: &TrustRootRow,
+        key: &CaKeyRow,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord>;
+    fn trust_root(&self) -> Result<TrustRootRow>;
+    /// Every CA key ever used.
+    fn ca_keys(&self) -> Result<Vec<CaKeyRow>>;
+    fn latest_bundle(&self) -> Result<Option<BundleRow>>;
+    /// Allocates the next bundle version and stores what `make` signs for it, with audit.
+    fn publish_bundle(
+        &self,
+        actor: &str,
+        make: &mut dyn FnMut(u64, &[CaKeyRow]) -> std::result::Result<BundleRow, String>,
+    ) -> Result<BundleRow>;
+    /// Allocates a serial, has `sign` make the certificate for it, stores it with its audit
+    /// record and commits; only then returns.
+    fn issue_certificate(
+        &self,
+        intent: &IssueIntent,
+        sign: &mut dyn FnMut(u64) -> std::result::Result<SignedCert, CertError>,
+    ) -> Result<IssuedRow>;
+    /// Records an event that changes nothing else (a refusal, say).
+    fn record(&self, event: &AuditEvent) -> Result<AuditRecord>;
+    fn audit_head(&self) -> Result<Option<AuditRecord>>;
+    fn audit_records(&self, since_seq: u64, limit: u64) -> Result<Vec<AuditRecord>>;
+    fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+    fn create_session(&self, session: &SessionRow, event: &AuditEvent) -> Result<()>;
+    fn session(&self, id: &str) -> Result<Option<SessionRow>>;
+    /// Marks the session revoked; false if it did not exist or was already revoked.
+    fn revoke_session(&self, id: &str, now: i64, event: &AuditEvent) -> Result<bool>;
+    fn create_pending_login(&self, login: &PendingLogin, event: &AuditEvent) -> Result<()>;
+    /// Removes and returns the pending login with this state (single use).
+    fn take_pending_login(&self, state: &str, event: &AuditEvent) -> Result<Option<PendingLogin>>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms_pub() -> i64 {
+    sqlite::now_ms()
+}

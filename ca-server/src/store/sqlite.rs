@@ -1,0 +1,548 @@
+//! The embedded SQLite store (WAL, `synchronous=FULL`). Safe to share between `serve` and
+//! local commands on the same file: every write runs in `BEGIN IMMEDIATE`, so serial and
+//! chain-head reads and the writes that depend on them are serialised across processes.
+
+use super::*;
+use crate::audit::GENESIS_HASH;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE trust_root (
+    fingerprint TEXT PRIMARY KEY,
+    public_key  TEXT NOT NULL,
+    key_file    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE ca_keys (
+    fingerprint TEXT PRIMARY KEY,
+    public_key  TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('next','active','retired','gone','revoked')),
+    key_file    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX one_active_ca_key ON ca_keys(state) WHERE state = 'active';
+CREATE TABLE bundles (
+    version    INTEGER PRIMARY KEY CHECK (version > 0),
+    payload    BLOB NOT NULL,
+    signature  TEXT NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE certificates (
+    serial        INTEGER PRIMARY KEY CHECK (serial > 0),
+    kind          TEXT NOT NULL,
+    key_id        TEXT NOT NULL,
+    user          TEXT NOT NULL,
+    principals    TEXT NOT NULL,
+    public_key_fp TEXT NOT NULL,
+    ca_key        TEXT NOT NULL REFERENCES ca_keys(fingerprint),
+    session_id    TEXT,
+    valid_after   INTEGER NOT NULL,
+    valid_before  INTEGER NOT NULL,
+    issued_at     INTEGER NOT NULL,
+    certificate   TEXT NOT NULL
+);
+CREATE INDEX certificates_user ON certificates(user);
+CREATE TABLE sessions (
+    id         TEXT PRIMARY KEY,
+    user       TEXT NOT NULL,
+    issuer     TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    groups     TEXT NOT NULL,
+    roles      TEXT NOT NULL,
+    principals TEXT NOT NULL,
+    auth_time  INTEGER,
+    method     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE pending_logins (
+    state         TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    redirect_uri  TEXT NOT NULL,
+    nonce         TEXT NOT NULL,
+    pkce_verifier TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL
+);
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY CHECK (seq > 0),
+    time_ms   INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    details   TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE TABLE audit_checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    head_hash TEXT NOT NULL,
+    time_ms   INTEGER NOT NULL,
+    ca_key    TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+"#];
+
+/// The SQLite store. One connection per process, used under a mutex: one writer, which
+/// later group commit batches.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn to_json(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn from_json(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn state_of(s: String) -> rusqlite::Result<KeyState> {
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+impl SqliteStore {
+    /// Creates a new database file; refuses an existing one.
+    pub fn create(path: &Path) -> Result<Self> {
+        if path.exists() {
+            return Err(StoreError::Conflict(format!(
+                "{} already exists; refusing to overwrite it",
+                path.display()
+            )));
+        }
+        Self::open_inner(path, true)
+    }
+
+    /// Opens an existing database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(StoreError::Other(format!(
+                "{} does not exist; run `pedm-ca init --data-dir DIR` first",
+                path.display()
+            )));
+        }
+        Self::open_inner(path, false)
+    }
+
+    fn open_inner(path: &Path, create: bool) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        if create {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Other(e.to_string()))?;
+        }
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let store = Self {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.write(|tx| {
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                tx.execute_batch(m)?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Other("store lock poisoned".into()))
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn()?;
+        f(&conn)
+    }
+}
+
+/// Appends `event` to the chain inside `tx`, reading the head in the same transaction.
+fn append(tx: &Transaction<'_>, event: &AuditEvent) -> Result<AuditRecord> {
+    let head: Option<(u64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match head {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS_HASH.to_string()),
+    };
+    let rec = AuditRecord::chain(event, seq, now_ms(), &prev);
+    tx.execute(
+        "INSERT INTO audit_log (seq, time_ms, actor, action, subject, details, prev_hash, hash) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+        params![rec.seq, rec.time_ms, rec.actor, rec.action, rec.subject, rec.details, rec.prev_hash, rec.hash],
+    )?;
+    Ok(rec)
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        time_ms: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        subject: r.get(4)?,
+        details: r.get(5)?,
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
+}
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        issuer: r.get(2)?,
+        subject: r.get(3)?,
+        groups: from_json(&r.get::<_, String>(4)?),
+        roles: from_json(&r.get::<_, String>(5)?),
+        principals: from_json(&r.get::<_, String>(6)?),
+        auth_time: r.get(7)?,
+        method: r.get(8)?,
+        created_at: r.get(9)?,
+        expires_at: r.get(10)?,
+        revoked_at: r.get(11)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn init_ca(
+        &self,
+        root: &TrustRootRow,
+        key: &CaKeyRow,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord> {
+        self.write(|tx| {
+            let existing: i64 = tx.query_row("SELECT COUNT(*) FROM ca_keys", [], |r| r.get(0))?;
+            if existing > 0 {
+                return Err(StoreError::Conflict("this CA is already initialised".into()));
+            }
+            tx.execute(
+                "INSERT INTO trust_root (fingerprint, public_key, key_file, created_at) VALUES (?1,?2,?3,?4)",
+                params![root.fingerprint, root.public_key, root.key_file, now_ms() / 1000],
+            )?;
+            tx.execute(
+                "INSERT INTO ca_keys (fingerprint, public_key, state, key_file, created_at) VALUES (?1,?2,?3,?4,?5)",
+                params![key.fingerprint, key.public_key, key.state.as_str(), key.key_file, key.created_at],
+            )?;
+            append(tx, event)
+        })
+    }
+
+    fn trust_root(&self) -> Result<TrustRootRow> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT fingerprint, public_key, key_file FROM trust_root LIMIT 1",
+                [],
+                |r| {
+                    Ok(TrustRootRow {
+                        fingerprint: r.get(0)?,
+                        public_key: r.get(1)?,
+                        key_file: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| {
+                StoreError::Other("no trust root: the data directory was not initialised".into())
+            })
+        })
+    }
+
+    fn ca_keys(&self) -> Result<Vec<CaKeyRow>> {
+        self.read(|c| {
+            let mut st =
+                c.prepare("SELECT fingerprint, public_key, state, key_file, created_at FROM ca_keys ORDER BY created_at, fingerprint")?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(CaKeyRow {
+                        fingerprint: r.get(0)?,
+                        public_key: r.get(1)?,
+                        state: state_of(r.get(2)?)?,
+                        key_file: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn latest_bundle(&self) -> Result<Option<BundleRow>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT version, payload, signature, issued_at, expires_at FROM bundles ORDER BY version DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(BundleRow {
+                        version: r.get(0)?,
+                        payload: r.get(1)?,
+                        signature: r.get(2)?,
+                        issued_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    fn publish_bundle(
+        &self,
+        actor: &str,
+        make: &mut dyn FnMut(u64, &[CaKeyRow]) -> std::result::Result<BundleRow, String>,
+    ) -> Result<BundleRow> {
+        let keys = self.ca_keys()?;
+        self.write(|tx| {
+            let version: u64 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM bundles", [], |r| r.get(0))?;
+            let row = make(version, &keys).map_err(StoreError::Other)?;
+            tx.execute(
+                "INSERT INTO bundles (version, payload, signature, issued_at, expires_at) VALUES (?1,?2,?3,?4,?5)",
+                params![row.version, row.payload, row.signature, row.issued_at, row.expires_at],
+            )?;
+            let fps: Vec<String> = keys.iter().map(|k| format!("{} {}", k.fingerprint, k.state.as_str())).collect();
+            append(
+                tx,
+                &AuditEvent::new(
+                    actor,
+                    "bundle.publish",
+                    format!("version={}", row.version),
+                    serde_json::json!({"expires_at": row.expires_at, "keys": fps}),
+                ),
+            )?;
+            Ok(row)
+        })
+    }
+
+    fn issue_certificate(
+        &self,
+        intent: &IssueIntent,
+        sign: &mut dyn FnMut(u64) -> std::result::Result<SignedCert, CertError>,
+    ) -> Result<IssuedRow> {
+        self.write(|tx| {
+            let serial: u64 = tx.query_row("SELECT COALESCE(MAX(serial), 0) + 1 FROM certificates", [], |r| r.get(0))?;
+            let signed = sign(serial)?;
+            let now = now_ms() / 1000;
+            tx.execute(
+                "INSERT INTO certificates (serial, kind, key_id, user, principals, public_key_fp, ca_key, session_id, valid_after, valid_before, issued_at, certificate)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+                params![
+                    serial,
+                    intent.kind.as_str(),
+                    signed.key_id,
+                    intent.user,
+                    to_json(&intent.principals),
+                    intent.public_key_fingerprint,
+                    intent.ca_key,
+                    intent.session,
+                    signed.valid_after,
+                    signed.valid_before,
+                    now,
+                    signed.certificate
+                ],
+            )?;
+            let mut details = serde_json::json!({
+                "kind": intent.kind.as_str(),
+                "key_id": signed.key_id,
+                "user": intent.user,
+                "principals": intent.principals,
+                "public_key": intent.public_key_fingerprint,
+                "ca_key": intent.ca_key,
+                "valid_after": signed.valid_after,
+                "valid_before": signed.valid_before,
+            });
+            if let (Some(obj), Some(extra)) = (details.as_object_mut(), intent.details.as_object()) {
+                for (k, v) in extra {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+            let action = match intent.kind {
+                CertKind::Base => "cert.issue",
+                CertKind::BreakGlass => "cert.break-glass",
+            };
+            let rec = append(tx, &AuditEvent::new(intent.actor.clone(), action, format!("serial={serial}"), details))?;
+            Ok(IssuedRow {
+                serial,
+                key_id: signed.key_id,
+                certificate: signed.certificate,
+                valid_after: signed.valid_after,
+                valid_before: signed.valid_before,
+                audit_seq: rec.seq,
+            })
+        })
+    }
+
+    fn record(&self, event: &AuditEvent) -> Result<AuditRecord> {
+        self.write(|tx| append(tx, event))
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditRecord>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT seq, time_ms, actor, action, subject, details, prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                audit_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn audit_records(&self, since_seq: u64, limit: u64) -> Result<Vec<AuditRecord>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, time_ms, actor, action, subject, details, prev_hash, hash FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![since_seq, limit.min(i64::MAX as u64)], audit_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints (seq, head_hash, time_ms, ca_key, signature) VALUES (?1,?2,?3,?4,?5)",
+                params![cp.seq, cp.head_hash, cp.time_ms, cp.ca_key, cp.signature],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT seq, head_hash, time_ms, ca_key, signature FROM audit_checkpoints ORDER BY seq")?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Checkpoint {
+                        seq: r.get(0)?,
+                        head_hash: r.get(1)?,
+                        time_ms: r.get(2)?,
+                        ca_key: r.get(3)?,
+                        signature: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn create_session(&self, s: &SessionRow, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO sessions (id, user, issuer, subject, groups, roles, principals, auth_time, method, created_at, expires_at, revoked_at)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,NULL)",
+                params![
+                    s.id,
+                    s.user,
+                    s.issuer,
+                    s.subject,
+                    to_json(&s.groups),
+                    to_json(&s.roles),
+                    to_json(&s.principals),
+                    s.auth_time,
+                    s.method,
+                    s.created_at,
+                    s.expires_at
+                ],
+            )?;
+            append(tx, event)?;
+            Ok(())
+        })
+    }
+
+    fn session(&self, id: &str) -> Result<Option<SessionRow>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT id, user, issuer, subject, groups, roles, principals, auth_time, method, created_at, expires_at, revoked_at FROM sessions WHERE id = ?1",
+                [id],
+                session_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn revoke_session(&self, id: &str, now: i64, event: &AuditEvent) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now],
+            )?;
+            if n == 1 {
+                append(tx, event)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn create_pending_login(&self, l: &PendingLogin, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM pending_logins WHERE expires_at < ?1", [l.created_at])?;
+            tx.execute(
+                "INSERT INTO pending_logins (state, secret_sha256, redirect_uri, nonce, pkce_verifier, created_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![l.state, l.secret_sha256, l.redirect_uri, l.nonce, l.pkce_verifier, l.created_at, l.expires_at],
+            )?;
+            append(tx, event)?;
+            Ok(())
+        })
+    }
+
+    fn take_pending_login(&self, state: &str, event: &AuditEvent) -> Result<Option<PendingLogin>> {
+        self.write(|tx| {
+            let row = tx
+                .query_row(
+                    "SELECT state, secret_sha256, redirect_uri, nonce, pkce_verifier, created_at, expires_at FROM pending_logins WHERE state = ?1",
+                    [state],
+                    |r| {
+                        Ok(PendingLogin {
+                            state: r.get(0)?,
+                            secret_sha256: r.get(1)?,
+                            redirect_uri: r.get(2)?,
+                            nonce: r.get(3)?,
+                            pkce_verifier: r.get(4)?,
+                            created_at: r.get(5)?,
+                            expires_at: r.get(6)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if row.is_some() {
+                tx.execute("DELETE FROM pending_logins WHERE state = ?1", [state])?;
+                append(tx, event)?;
+            }
+            Ok(row)
+        })
+    }
+}
