@@ -318,6 +318,7 @@ mod tests {
     #[test]
     fn every_field_edit_is_detected() {
         let base = chain(4);
+        #[allow(clippy::type_complexity)]
         let edits: Vec<Box<dyn Fn(&mut AuditRecord)>> = vec![
             Box::new(|r| r.time_ms += 1),
             Box::new(|r| r.actor.push('x')),
@@ -386,7 +387,7 @@ mod tests {
         let recs = chain(3);
         let by_other = Checkpoint::sign(&recs[2], 1, &other).unwrap();
         assert!(matches!(
-            verify_chain(&recs, &[by_other.clone()], &keys(&ca)),
+            verify_chain(&recs, std::slice::from_ref(&by_other), &keys(&ca)),
             Err(ChainError::UnknownCheckpointKey { .. })
         ));
         let mut relabelled = by_other;

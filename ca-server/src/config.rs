@@ -409,7 +409,7 @@ data_dir = "/tmp/x"
     }
 
     fn err(extra: &str) -> String {
-        parse(extra).err().expect("must be refused").to_string()
+        parse(extra).expect_err("must be refused").to_string()
     }
 
     #[test]

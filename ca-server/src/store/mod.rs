@@ -144,6 +144,10 @@ pub struct PendingLogin {
     pub expires_at: i64,
 }
 
+/// Signs the bundle for an allocated version over the current key set.
+pub type BundleMaker<'a> =
+    dyn FnMut(u64, &[CaKeyRow]) -> std::result::Result<BundleRow, String> + 'a;
+
 /// Everything the CA persists.
 pub trait Store: Send + Sync {
     /// Sets up a new CA: trust root, first active key, the `ca.init` record.
@@ -158,11 +162,7 @@ pub trait Store: Send + Sync {
     fn ca_keys(&self) -> Result<Vec<CaKeyRow>>;
     fn latest_bundle(&self) -> Result<Option<BundleRow>>;
     /// Allocates the next bundle version and stores what `make` signs for it, with audit.
-    fn publish_bundle(
-        &self,
-        actor: &str,
-        make: &mut dyn FnMut(u64, &[CaKeyRow]) -> std::result::Result<BundleRow, String>,
-    ) -> Result<BundleRow>;
+    fn publish_bundle(&self, actor: &str, make: &mut BundleMaker<'_>) -> Result<BundleRow>;
     /// Allocates a serial, has `sign` make the certificate for it, stores it with its audit
     /// record and commits; only then returns.
     fn issue_certificate(

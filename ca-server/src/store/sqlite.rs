@@ -321,11 +321,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn publish_bundle(
-        &self,
-        actor: &str,
-        make: &mut dyn FnMut(u64, &[CaKeyRow]) -> std::result::Result<BundleRow, String>,
-    ) -> Result<BundleRow> {
+    fn publish_bundle(&self, actor: &str, make: &mut BundleMaker<'_>) -> Result<BundleRow> {
         let keys = self.ca_keys()?;
         self.write(|tx| {
             let version: u64 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM bundles", [], |r| r.get(0))?;

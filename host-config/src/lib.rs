@@ -1,0 +1,17 @@
+//! pedm-host-config: installs and refreshes pedm-ssh CA trust on a host running stock
+//! OpenSSH.
+//!
+//! The host trusts the CA only through files sshd reads: a drop-in naming
+//! `TrustedUserCAKeys`, `AuthorizedPrincipalsFile` and `RevokedKeys`, and the files those
+//! name. Trust is anchored in a pinned trust root that signs bundles of CA keys; nothing is
+//! written unless the bundle verifies, is not a rollback, and sshd confirms it would use the
+//! drop-in.
+
+pub mod files;
+pub mod hostfile;
+pub mod install;
+pub mod layout;
+pub mod principals;
+pub mod sshd;
+pub mod state;
+pub mod trust;
