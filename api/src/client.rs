@@ -156,6 +156,11 @@ impl Client {
         self.get("healthz", None).await
     }
 
+    /// `GET /v1/auth/info`.
+    pub async fn auth_info(&self) -> Result<AuthInfo, ClientError> {
+        self.get("v1/auth/info", None).await
+    }
+
     /// `POST /v1/auth/oidc/start`.
     pub async fn oidc_start(
         &self,

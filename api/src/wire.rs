@@ -32,6 +32,17 @@ pub struct CertResponse {
     pub ca_time: i64,
 }
 
+/// Answer of `GET /v1/auth/info`: how this CA lets people sign in, fetched by the CLI before
+/// it opens its loopback listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthInfo {
+    /// `true` when `[oidc]` is configured.
+    pub browser: bool,
+    /// The fixed loopback callback port the IdP insists on, if any; otherwise the CLI picks
+    /// any free port (RFC 8252).
+    pub redirect_port: Option<u16>,
+}
+
 /// `POST /v1/auth/oidc/start`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
