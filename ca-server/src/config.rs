@@ -103,6 +103,38 @@ pub struct OidcConfig {
     pub redirect_port: Option<u16>,
 }
 
+impl OidcConfig {
+    /// The client secret: `client_secret_file` (which must be 0600), else the environment
+    /// variable `PEDM_OIDC_CLIENT_SECRET`.
+    pub fn client_secret(&self) -> Result<String, ConfigError> {
+        if let Some(path) = &self.client_secret_file {
+            crate::signer::check_private_file_mode(path)
+                .map_err(|e| invalid("oidc.client_secret_file", e.to_string()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "oidc.client_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let secret = text.trim_end_matches(['\n', '\r']).to_string();
+            if secret.is_empty() {
+                return Err(invalid(
+                    "oidc.client_secret_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            return Ok(secret);
+        }
+        match std::env::var("PEDM_OIDC_CLIENT_SECRET") {
+            Ok(s) if !s.is_empty() => Ok(s),
+            _ => Err(invalid(
+                "oidc.client_secret_file",
+                "no client secret: set oidc.client_secret_file (mode 0600) or PEDM_OIDC_CLIENT_SECRET",
+            )),
+        }
+    }
+}
+
 fn default_username_claim() -> String {
     "preferred_username".into()
 }

@@ -4,6 +4,7 @@ use crate::authority::Authority;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
+use crate::oidc::{RelyingParty, RpSettings};
 use crate::signer::{check_private_file_mode, Passphrase};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,7 +42,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let lifetime = config.bundle.lifetime.0.as_secs() as i64;
     let bundle = authority.ensure_bundle(lifetime)?;
     tracing::info!(version = bundle.version, active_key = %authority.active_key(), "trust bundle ready");
+    let rp = match &config.oidc {
+        Some(o) => Some(RelyingParty::new(RpSettings {
+            issuer: o.issuer.clone(),
+            client_id: o.client_id.clone(),
+            client_secret: o.client_secret()?,
+            max_age: o.max_age.0,
+            clock_skew: config.certs.clock_skew.0,
+        })?),
+        None => None,
+    };
     let state = Arc::new(AppState {
+        rp,
         policy: config.policy(),
         authority,
         config: config.clone(),

@@ -1,5 +1,7 @@
 //! The v1 HTTP API: axum routes as plain async functions over [`AppState`].
 
+pub mod auth;
+mod certs;
 pub mod error;
 mod routes;
 
@@ -10,7 +12,7 @@ use crate::policy::Policy;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +23,8 @@ pub struct AppState {
     pub config: Config,
     pub policy: Policy,
     pub metrics: Metrics,
+    /// The OpenID Connect relying party, when `[oidc]` is configured.
+    pub rp: Option<crate::oidc::RelyingParty>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -32,6 +36,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(routes::metrics))
         .route("/v1/ca/bundle", get(routes::bundle))
         .route("/v1/ca/keys", get(routes::ca_keys))
+        .route("/v1/auth/info", get(auth::info))
+        .route("/v1/auth/oidc/start", post(auth::start))
+        .route("/v1/auth/oidc/finish", post(auth::finish))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/session", get(certs::session))
+        .route("/v1/certs", post(certs::issue))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

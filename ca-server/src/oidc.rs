@@ -1,0 +1,463 @@
+//! The CA as OpenID Connect relying party: discovery, the authorization request (PKCE S256,
+//! `nonce`, `max_age`), the code exchange and ID-token verification.
+//!
+//! The CA is the only holder of the client secret; the CLI never talks to the IdP except
+//! through a browser. ID tokens are verified by `openidconnect` against the issuer's JWKS with
+//! an explicit algorithm allow-list (never `none`, never HMAC: a MAC keyed with the client
+//! secret would let anyone holding that secret mint identities), for `iss`, `aud`, `exp`,
+//! `iat` and `nonce`. The claims the policy reads are taken from the payload whose signature
+//! was just verified, so every claim type the IdP sends reaches the policy unchanged.
+
+use base64::Engine as _;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreIdToken, CoreJsonWebKey, CoreJsonWebKeySet,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
+    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, Scope,
+    SignatureVerificationError, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Signature algorithms accepted on ID tokens: asymmetric only.
+pub const ALLOWED_ALGS: [CoreJwsSigningAlgorithm; 7] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+/// Scopes requested at sign-in.
+const SCOPES: [&str; 3] = ["email", "profile", "groups"];
+
+/// The shortest time between two JWKS re-fetches on an unknown `kid`, so a flood of tokens
+/// with made-up key IDs cannot make the CA hammer the IdP.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Discovery fields `openidconnect` does not model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraMetadata {
+    /// RFC 9207: the IdP puts `iss` on every authorization response.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+}
+
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type RpClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Why a sign-in failed at or after the IdP. Messages never contain tokens or secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidcError {
+    /// Discovery, JWKS or the token endpoint could not be reached or answered garbage.
+    #[error("the identity provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The token endpoint refused the code (reused, expired, wrong verifier or redirect URI).
+    #[error("the identity provider refused the authorization code: {0}; sign in again")]
+    GrantRefused(String),
+    /// The ID token failed verification.
+    #[error("the ID token was refused: {0}")]
+    IdToken(String),
+}
+
+/// What the relying party is configured with.
+#[derive(Clone)]
+pub struct RpSettings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Sent as `max_age`, so the IdP returns `auth_time`; an older `auth_time` is refused.
+    pub max_age: Duration,
+    /// Tolerance for the IdP's clock on `auth_time`.
+    pub clock_skew: Duration,
+}
+
+impl std::fmt::Debug for RpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpSettings")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One authorization request, to be kept by the CA until the callback comes back.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    pub url: String,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+/// A verified ID token.
+#[derive(Debug, Clone)]
+pub struct VerifiedIdentity {
+    pub issuer: String,
+    pub subject: String,
+    /// Unix seconds; present when the IdP honoured `max_age`.
+    pub auth_time: Option<i64>,
+    /// Every claim of the verified payload.
+    pub claims: Map<String, Value>,
+}
+
+struct Discovered {
+    metadata: Metadata,
+    client: RpClient,
+}
+
+/// The relying party. Discovery happens on first use and is retried until it succeeds, so
+/// the CA starts even while the IdP is down (break-glass still works then).
+pub struct RelyingParty {
+    settings: RpSettings,
+    issuer_url: IssuerUrl,
+    http: reqwest::Client,
+    discovered: tokio::sync::RwLock<Option<Arc<Discovered>>>,
+    last_jwks_fetch: Mutex<Option<Instant>>,
+}
+
+fn now_secs() -> i64 {
+    crate::authority::now_secs()
+}
+
+impl RelyingParty {
+    pub fn new(settings: RpSettings) -> Result<Self, OidcError> {
+        let issuer_url = IssuerUrl::new(settings.issuer.clone())
+            .map_err(|e| OidcError::Unavailable(format!("oidc.issuer is not a URL: {e}")))?;
+        // No redirects: the IdP's endpoints are taken from discovery, never from a 30x.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            settings,
+            issuer_url,
+            http,
+            discovered: tokio::sync::RwLock::new(None),
+            last_jwks_fetch: Mutex::new(None),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
+    fn client_for(&self, metadata: &Metadata) -> RpClient {
+        CoreClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(self.settings.client_id.clone()),
+            Some(ClientSecret::new(self.settings.client_secret.clone())),
+        )
+    }
+
+    async fn discovered(&self) -> Result<Arc<Discovered>, OidcError> {
+        if let Some(d) = self.discovered.read().await.as_ref() {
+            return Ok(d.clone());
+        }
+        let mut slot = self.discovered.write().await;
+        if let Some(d) = slot.as_ref() {
+            return Ok(d.clone());
+        }
+        let metadata = Metadata::discover_async(self.issuer_url.clone(), &self.http)
+            .await
+            .map_err(|e| {
+                OidcError::Unavailable(format!(
+                    "discovery at {} failed: {}",
+                    self.settings.issuer,
+                    error_chain(&e)
+                ))
+            })?;
+        if let Ok(mut t) = self.last_jwks_fetch.lock() {
+            *t = Some(Instant::now());
+        }
+        let d = Arc::new(Discovered {
+            client: self.client_for(&metadata),
+            metadata,
+        });
+        *slot = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Whether the IdP promises RFC 9207 `iss` on authorization responses (then it is
+    /// required on the callback).
+    pub async fn iss_parameter_required(&self) -> Result<bool, OidcError> {
+        Ok(self
+            .discovered()
+            .await?
+            .metadata
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported)
+    }
+
+    /// Makes an authorization request for `redirect_uri` (already checked by the caller).
+    pub async fn authorization(
+        &self,
+        redirect_uri: &str,
+    ) -> Result<AuthorizationRequest, OidcError> {
+        let d = self.discovered().await?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| OidcError::Unavailable(format!("redirect URI: {e}")))?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let state = crate::login::new_token();
+        let nonce = crate::login::new_token();
+        let (state_for_fn, nonce_for_fn) = (state.clone(), nonce.clone());
+        let mut req = d
+            .client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                move || CsrfToken::new(state_for_fn),
+                move || Nonce::new(nonce_for_fn),
+            )
+            .set_pkce_challenge(challenge)
+            .set_max_age(self.settings.max_age)
+            .set_redirect_uri(Cow::Owned(redirect));
+        for s in SCOPES {
+            req = req.add_scope(Scope::new(s.to_string()));
+        }
+        let (url, _, _) = req.url();
+        Ok(AuthorizationRequest {
+            url: url.to_string(),
+            state,
+            nonce,
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Exchanges the code and verifies the ID token it brings.
+    pub async fn redeem(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<VerifiedIdentity, OidcError> {
+        let d = self.discovered().await?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| OidcError::Unavailable(format!("redirect URI: {e}")))?;
+        let response = d
+            .client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::Unavailable(format!("no token endpoint: {e}")))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .set_redirect_uri(Cow::Owned(redirect))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => {
+                    OidcError::GrantRefused(r.error().as_ref().to_string())
+                }
+                // A token response that does not parse carries an ID token that is not a JWS
+                // of ours (`alg: none` fails here): a refusal, not an outage.
+                RequestTokenError::Parse(e, _) => {
+                    OidcError::IdToken(format!("the token response does not parse: {e}"))
+                }
+                other => OidcError::Unavailable(format!(
+                    "the token endpoint failed: {}",
+                    error_chain(&other)
+                )),
+            })?;
+        let id_token = response
+            .id_token()
+            .ok_or_else(|| OidcError::IdToken("the token response has no id_token".into()))?
+            .clone();
+        match self.verify(&d, &id_token, nonce) {
+            Err(VerifyFailure::UnknownKey) => {
+                let d = self.refetch_jwks(&d).await?;
+                match self.verify(&d, &id_token, nonce) {
+                    Ok(v) => Ok(v),
+                    Err(VerifyFailure::UnknownKey) => Err(OidcError::IdToken(
+                        "it is signed by a key the issuer does not publish".into(),
+                    )),
+                    Err(VerifyFailure::Refused(m)) => Err(OidcError::IdToken(m)),
+                }
+            }
+            Err(VerifyFailure::Refused(m)) => Err(OidcError::IdToken(m)),
+            Ok(v) => Ok(v),
+        }
+    }
+
+    async fn refetch_jwks(&self, current: &Arc<Discovered>) -> Result<Arc<Discovered>, OidcError> {
+        let recently = self
+            .last_jwks_fetch
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
+        if recently {
+            return Ok(current.clone());
+        }
+        if let Ok(mut t) = self.last_jwks_fetch.lock() {
+            *t = Some(Instant::now());
+        }
+        let jwks = CoreJsonWebKeySet::fetch_async(current.metadata.jwks_uri(), &self.http)
+            .await
+            .map_err(|e| {
+                OidcError::Unavailable(format!("fetching the JWKS failed: {}", error_chain(&e)))
+            })?;
+        let metadata = current.metadata.clone().set_jwks(jwks);
+        let d = Arc::new(Discovered {
+            client: self.client_for(&metadata),
+            metadata,
+        });
+        *self.discovered.write().await = Some(d.clone());
+        Ok(d)
+    }
+
+    fn verify(
+        &self,
+        d: &Discovered,
+        id_token: &CoreIdToken,
+        nonce: &str,
+    ) -> Result<VerifiedIdentity, VerifyFailure> {
+        let verifier = d
+            .client
+            .id_token_verifier()
+            .set_allowed_algs(ALLOWED_ALGS)
+            .require_issuer_match(true)
+            .require_audience_match(true);
+        let claims = id_token
+            .claims(&verifier, &Nonce::new(nonce.to_string()))
+            .map_err(|e| match e {
+                ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::NoMatchingKey,
+                ) => VerifyFailure::UnknownKey,
+                other => VerifyFailure::Refused(describe_claims_error(&other)),
+            })?;
+        let subject = claims.subject().as_str().to_string();
+        let issuer = claims.issuer().as_str().to_string();
+        let auth_time = claims.auth_time().map(|t| t.timestamp());
+        if let Some(t) = auth_time {
+            let now = now_secs();
+            let skew = self.settings.clock_skew.as_secs() as i64;
+            if t > now + skew {
+                return Err(VerifyFailure::Refused(
+                    "auth_time lies in the future".into(),
+                ));
+            }
+            if now - t > self.settings.max_age.as_secs() as i64 + skew {
+                return Err(VerifyFailure::Refused(format!(
+                    "the sign-in it reports is older than max_age ({})",
+                    pedm_api::duration::format(self.settings.max_age)
+                )));
+            }
+        }
+        let raw = id_token.to_string();
+        let payload = raw
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+            .ok_or_else(|| VerifyFailure::Refused("its payload is not a JSON object".into()))?;
+        Ok(VerifiedIdentity {
+            issuer,
+            subject,
+            auth_time,
+            claims: payload,
+        })
+    }
+}
+
+enum VerifyFailure {
+    UnknownKey,
+    Refused(String),
+}
+
+/// A refusal in words an operator can act on; the token itself is never included.
+fn describe_claims_error(e: &ClaimsVerificationError) -> String {
+    match e {
+        ClaimsVerificationError::Expired(_) => "it has expired (exp)".into(),
+        ClaimsVerificationError::InvalidAudience(_) => {
+            "its audience (aud) is not this CA's client_id".into()
+        }
+        ClaimsVerificationError::InvalidIssuer(_) => {
+            "its issuer (iss) is not the configured issuer".into()
+        }
+        ClaimsVerificationError::InvalidNonce(_) => "its nonce does not match this sign-in".into(),
+        ClaimsVerificationError::InvalidAuthTime(_) => "its auth_time is unacceptable".into(),
+        ClaimsVerificationError::SignatureVerification(s) => match s {
+            SignatureVerificationError::DisallowedAlg(a) => {
+                format!("its signature algorithm {a} is not allowed (asymmetric algorithms only)")
+            }
+            SignatureVerificationError::NoSignature => "it is not signed".into(),
+            _ => "its signature does not verify".into(),
+        },
+        other => format!("{other}"),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_has_no_symmetric_or_none() {
+        for alg in ALLOWED_ALGS {
+            let name = serde_json::to_value(&alg).unwrap();
+            let name = name.as_str().unwrap();
+            assert!(!name.starts_with("HS"), "{name}");
+            assert_ne!(name, "none");
+        }
+    }
+
+    #[test]
+    fn settings_debug_hides_the_secret() {
+        let s = RpSettings {
+            issuer: "http://127.0.0.1:1".into(),
+            client_id: "c".into(),
+            client_secret: "hunter2".into(),
+            max_age: Duration::from_secs(60),
+            clock_skew: Duration::from_secs(60),
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
