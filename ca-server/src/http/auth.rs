@@ -185,7 +185,6 @@ pub async fn finish(
     let (who, grant) = match decision {
         Ok(d) => d,
         Err(refusal) => {
-            state.metrics.refused(refusal.label());
             let detail = json!({
                 "reason": refusal.to_string(),
                 "issuer": identity.issuer,

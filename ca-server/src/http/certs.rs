@@ -47,7 +47,6 @@ pub async fn issue(
     let grant = match state.policy.base_grant(&identity) {
         Ok(g) => g,
         Err(refusal) => {
-            state.metrics.refused(refusal.label());
             let (user, reason) = (session.user.clone(), refusal.to_string());
             let _ = blocking(&state, move |s| {
                 s.authority
