@@ -1,0 +1,71 @@
+//! `pedm-ssh status`: who the CA thinks we are, what we may log in as, how long the
+//! session and the certificate have left, and how far our clock is from the CA's.
+//!
+//! Times left are counted on the CA's clock (the hosts are assumed to agree with it), and
+//! the skew is shown so a wrong local clock explains itself.
+
+use crate::app::Ctx;
+use crate::certfile;
+use crate::cli::StatusArgs;
+use crate::escape::{escape, escape_list};
+use crate::exit::{self, Failure};
+use crate::{paths, session, timefmt};
+use pedm_api::Client;
+
+/// `pedm-ssh status`. Exit 3 without a session or when the CA says it is gone.
+pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Failure> {
+    let session_path = paths::session_file(&ctx.env)?;
+    let Some(saved) = session::load(&session_path)? else {
+        return Err(Failure::not_signed_in(args.ca.as_deref()));
+    };
+    let ca_url = args.ca.clone().unwrap_or_else(|| saved.ca_url.clone());
+    let client = Client::new(&ca_url).map_err(|e| exit::from_client(&e, &ca_url))?;
+    let info = client
+        .session(&saved.session_token)
+        .await
+        .map_err(|e| exit::from_client(&e, &ca_url))?;
+    let skew = info.ca_time.saturating_sub(timefmt::now_unix());
+
+    println!("signed in as {}", escape(&info.user));
+    println!(
+        "identity: {} (issuer {}, via {})",
+        escape(&info.subject),
+        escape(&info.issuer),
+        escape(&info.method)
+    );
+    println!("groups: {}", escape_list(&info.groups));
+    println!("roles: {}", escape_list(&info.roles));
+    println!("principals: {}", escape_list(&info.principals));
+    println!(
+        "session until: {} ({})",
+        timefmt::utc(info.expires_at),
+        timefmt::relative(info.expires_at, info.ca_time)
+    );
+    let key_path = args.key.clone().unwrap_or_else(|| saved.key_path.clone());
+    match certfile::load(&key_path)? {
+        Some(c) => {
+            println!("certificate: {}", c.path.display());
+            println!(
+                "certificate until: {} ({})",
+                timefmt::utc(c.valid_before),
+                timefmt::relative(c.valid_before, info.ca_time)
+            );
+            println!("certificate principals: {}", escape_list(&c.principals));
+            println!(
+                "certificate serial: {} (key id {})",
+                c.serial,
+                escape(&c.key_id)
+            );
+        }
+        None => println!(
+            "certificate: none at {} (run `pedm-ssh cert`)",
+            paths::certificate_of(&key_path).display()
+        ),
+    }
+    println!("clock skew: {}", timefmt::skew_text(skew));
+    if let Some(w) = timefmt::skew_warning(skew) {
+        eprintln!("warning: {w}");
+    }
+    println!("CA: {}", escape(&ca_url));
+    Ok(())
+}
