@@ -40,7 +40,7 @@ pub enum CaError {
     Refused(String),
     #[error(transparent)]
     Key(#[from] KeyRefusal),
-    #[error("the audit log does not verify: {0}")]
+    #[error("the audit log does not verify")]
     Chain(#[from] ChainError),
 }
 
