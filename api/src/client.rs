@@ -93,6 +93,8 @@ impl Client {
             .map_err(|e| ClientError::Url(e.to_string()))
     }
 
+    /// Sends and decodes a JSON answer; an empty success body decodes as JSON `null`, so
+    /// callers that expect nothing (`()`, `Option<_>`) accept `204 No Content`.
     async fn send<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
@@ -108,7 +110,8 @@ impl Client {
             message: e.to_string(),
         })?;
         if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
         } else {
             match serde_json::from_slice::<Problem>(&bytes) {
                 Ok(p) => Err(ClientError::Problem(p)),

@@ -18,5 +18,6 @@ pub mod idp;
 pub mod keys;
 pub mod logs;
 pub mod proxy;
+pub mod signin;
 pub mod sshd;
 pub mod users;

@@ -330,12 +330,12 @@ impl TestSshd {
     /// Runs `ssh -F /dev/null -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes
     /// -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null [-o CertificateFile=CERT]
     /// -i KEY -p PORT USER@127.0.0.1 COMMAND`. With `cert = None` no certificate is offered:
-    /// panics if `KEY-cert.pub` exists, which ssh would offer on its own.
+    /// panics if `KEY-cert.pub` exists (ssh would offer it on its own) unless it is `cert`.
     pub fn ssh(&self, user: &str, key: &Path, cert: Option<&Path>, command: &str) -> Output {
         let mut auto_cert = key.as_os_str().to_owned();
         auto_cert.push("-cert.pub");
         assert!(
-            !Path::new(&auto_cert).exists(),
+            cert.is_some_and(|c| c.as_os_str() == auto_cert) || !Path::new(&auto_cert).exists(),
             "{} exists: ssh would offer it by itself; keep certificates elsewhere",
             Path::new(&auto_cert).display()
         );

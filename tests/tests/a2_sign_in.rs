@@ -5,88 +5,19 @@
 //! log shows which refusals happen before the IdP is contacted.
 
 use pedm_e2e::ca::{audit_export, CaServer, TestCa};
-use pedm_e2e::idp::{self, IdpOptions, TestIdp};
-use pedm_e2e::proxy::{Mode, TamperProxy};
+use pedm_e2e::idp;
+use pedm_e2e::proxy::Mode;
+use pedm_e2e::signin::{SignInSetup, CLIENT_SECRET};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use ssh_key::{Algorithm, Certificate, PrivateKey};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 use url::Url;
 
-const CLIENT_SECRET: &str = "e2e-client-secret-0123456789";
+type Setup = SignInSetup;
 
-struct Setup {
-    server: CaServer,
-    proxy: TamperProxy,
-    _idp: TestIdp,
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-}
-
-fn ca_config(issuer: &str, secret_file: &Path) -> String {
-    format!(
-        r#"
-[oidc]
-issuer = "{issuer}"
-client_id = "pedm-ca"
-client_secret_file = {secret}
-
-[certs]
-default_ttl = "5m"
-session_ttl = "1h"
-
-[[roles]]
-name = "engineer"
-groups = ["eng"]
-principals = ["{{username}}"]
-max_cert_ttl = "4m"
-extensions = ["permit-pty", "permit-port-forwarding"]
-
-[[roles]]
-name = "security"
-groups = ["security"]
-principals = ["{{username}}"]
-
-[[elevations]]
-name = "db-admin"
-principals = ["db-admin"]
-"#,
-        secret = pedm_e2e::ca::toml_string(secret_file)
-    )
-}
-
-/// IdP behind the tampering proxy, and a CA whose issuer is the proxy. `None`: skip (no node
-/// outside CI).
 fn setup() -> Option<Setup> {
-    if !idp::node_available().expect("node check") {
-        return None;
-    }
-    idp::ensure_npm_ci().expect("npm ci for the test IdP");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = TamperProxy::bind().expect("proxy");
-    let idp = TestIdp::start(IdpOptions {
-        client_secret: CLIENT_SECRET.into(),
-        issuer: Some(proxy.url()),
-        ..IdpOptions::default()
-    })
-    .expect("test IdP");
-    proxy.set_upstream(&format!("http://127.0.0.1:{}", idp.port));
-    let ca = TestCa::init(&dir.path().join("ca"), None).expect("pedm-ca init");
-    let secret_file = dir.path().join("client-secret");
-    std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let server = ca
-        .serve(&ca_config(&proxy.url(), &secret_file))
-        .expect("pedm-ca serve");
-    Some(Setup {
-        server,
-        proxy,
-        _idp: idp,
-        ca,
-        _dir: dir,
-    })
+    SignInSetup::start().expect("IdP, proxy and CA")
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -621,7 +552,7 @@ fn serve_and_local_break_glass_issue_at_once_keep_one_chain() {
     let (status, v) = full_login(&s, "alice");
     assert_eq!(status, 200, "{v}");
     let token = v["session_token"].as_str().unwrap().to_string();
-    let key_file = s._dir.path().join("bg.pub");
+    let key_file = s.dir.path().join("bg.pub");
     std::fs::write(&key_file, user_public_key()).unwrap();
 
     let url = s.server.url().to_string();

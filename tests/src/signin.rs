@@ -1,0 +1,168 @@
+//! A CA with browser sign-in: the test IdP behind the tampering proxy, `pedm-ca serve`
+//! configured with the proxy as issuer, and a driver for the real `pedm-ssh login`.
+
+use crate::ca::{toml_string, CaServer, TestCa};
+use crate::idp::{self, IdpOptions, TestIdp};
+use crate::proxy::TamperProxy;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The client secret the IdP and the CA share in tests.
+pub const CLIENT_SECRET: &str = "e2e-client-secret-0123456789";
+
+/// Roles of the tests: `eng` → engineer (own name, 4m), `security` → security (own name).
+pub fn ca_oidc_config(issuer: &str, secret_file: &Path) -> String {
+    format!(
+        r#"
+[oidc]
+issuer = "{issuer}"
+client_id = "pedm-ca"
+client_secret_file = {secret}
+
+[certs]
+default_ttl = "5m"
+session_ttl = "1h"
+
+[[roles]]
+name = "engineer"
+groups = ["eng"]
+principals = ["{{username}}"]
+max_cert_ttl = "4m"
+extensions = ["permit-pty", "permit-port-forwarding"]
+
+[[roles]]
+name = "security"
+groups = ["security"]
+principals = ["{{username}}"]
+
+[[elevations]]
+name = "db-admin"
+principals = ["db-admin"]
+"#,
+        secret = toml_string(secret_file)
+    )
+}
+
+/// IdP, proxy and CA, stopped on drop.
+pub struct SignInSetup {
+    pub server: CaServer,
+    pub proxy: TamperProxy,
+    pub idp: TestIdp,
+    pub ca: TestCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl SignInSetup {
+    /// `None`: skip (no Node.js outside CI).
+    pub fn start() -> Result<Option<SignInSetup>> {
+        if !idp::node_available()? {
+            return Ok(None);
+        }
+        idp::ensure_npm_ci()?;
+        let dir = tempfile::tempdir()?;
+        let proxy = TamperProxy::bind()?;
+        let idp = TestIdp::start(IdpOptions {
+            client_secret: CLIENT_SECRET.into(),
+            issuer: Some(proxy.url()),
+            ..IdpOptions::default()
+        })?;
+        proxy.set_upstream(&format!("http://127.0.0.1:{}", idp.port));
+        let ca = TestCa::init(&dir.path().join("ca"), None)?;
+        let secret_file = dir.path().join("client-secret");
+        std::fs::write(&secret_file, CLIENT_SECRET)?;
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
+        let server = ca.serve(&ca_oidc_config(&proxy.url(), &secret_file))?;
+        Ok(Some(SignInSetup {
+            server,
+            proxy,
+            idp,
+            ca,
+            dir,
+        }))
+    }
+}
+
+/// `pedm-ssh` with a throw-away HOME and XDG_CONFIG_HOME under `home`, no agent.
+pub fn pedm_ssh(home: &Path) -> Command {
+    let mut cmd = Command::new(crate::bins::pedm_ssh());
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("PEDM_CA")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `pedm-ssh login --ca URL --no-browser --key KEY` as a person would: reads the URL it
+/// prints alone on a line of stderr, signs `login` in at the IdP, follows the redirect to the
+/// CLI's own listener (which must answer 200), and returns the CLI's output once it exits.
+/// A CLI that refuses the sign-in still answers its callback page; see its exit status.
+pub fn cli_login(ca_url: &str, home: &Path, key: &Path, login: &str) -> Result<Output> {
+    let mut child = pedm_ssh(home)
+        .args(["login", "--ca", ca_url, "--no-browser", "--key"])
+        .arg(key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning pedm-ssh login")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let url = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("http://") || line.starts_with("https://") => {
+                if !line.contains(' ') {
+                    break line;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                let err = reader.join().unwrap_or_default().join("\n");
+                bail!(
+                    "pedm-ssh login printed no URL alone on a stderr line ({}):\n{err}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+    };
+    let callback = idp::browser_login(&url, login);
+    let browser_result = callback.and_then(|cb| {
+        // The browser follows the IdP's redirect to the CLI's listener.
+        let resp = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()?
+            .get(cb.as_str())
+            .send()?;
+        Ok(resp.status().as_u16())
+    });
+    let out = child.wait_with_output()?;
+    let err = reader.join().unwrap_or_default().join("\n");
+    let status =
+        browser_result.with_context(|| format!("browser part failed; CLI stderr:\n{err}"))?;
+    if status != 200 {
+        bail!("the CLI's callback page answered {status}; CLI stderr:\n{err}");
+    }
+    Ok(Output {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: err.into_bytes(),
+    })
+}
