@@ -31,7 +31,7 @@ fn alice_signs_in_with_the_cli_and_runs_a_command_and_bob_cannot_be_alice() {
     };
     users::ensure_user("alice");
     users::ensure_user("bob");
-    let mut sshd = TestSshd::start(s.server.url(), &s.ca.trust_root, "").expect("sshd");
+    let sshd = TestSshd::start(s.server.url(), &s.ca.trust_root, "").expect("sshd");
 
     let alice_home = s.dir.path().join("alice-home");
     let alice_key = alice_home.join(".ssh/pedm_ed25519");
