@@ -3,14 +3,13 @@
 
 use base64::Engine as _;
 use pedm_api::{BundleKey, KeyState, SignedBundle, TrustBundle, BUNDLE_NAMESPACE};
+use pedm_e2e::fake_ca::FakeCa;
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pedm-host-config");
@@ -98,47 +97,16 @@ impl Pki {
     }
 }
 
-/// Serves `GET /v1/ca/bundle` with whatever JSON `body` holds at the time.
-struct Server {
-    url: String,
-    body: Arc<Mutex<String>>,
-}
+/// The stand-in CA, fed `SignedBundle`s.
+struct Server(FakeCa);
 
 impl Server {
     fn start(bundle: &SignedBundle) -> Self {
-        let body = Arc::new(Mutex::new(serde_json::to_string(bundle).unwrap()));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shared = body.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&req);
-                let (status, text) = if head.starts_with("GET /v1/ca/bundle ") {
-                    ("200 OK", shared.lock().unwrap().clone())
-                } else {
-                    ("404 Not Found", "{}".to_string())
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-            }
-        });
-        Self { url, body }
+        Server(FakeCa::start(serde_json::to_string(bundle).unwrap()))
     }
 
     fn serve(&self, bundle: &SignedBundle) {
-        *self.body.lock().unwrap() = serde_json::to_string(bundle).unwrap();
+        self.0.serve(serde_json::to_string(bundle).unwrap());
     }
 }
 
@@ -214,7 +182,7 @@ impl Host {
         cmd.args([
             "install",
             "--ca",
-            &server.url,
+            &server.0.url,
             "--trust-root",
             pin,
             "--no-reload",
@@ -362,7 +330,7 @@ fn good_bundle_installs_every_file_and_a_second_run_changes_nothing() {
     // State.
     let state: serde_json::Value = serde_json::from_str(&host.read("state.json")).unwrap();
     assert_eq!(state["bundle_version"], 3);
-    assert_eq!(state["ca_url"], server.url.as_str());
+    assert_eq!(state["ca_url"], server.0.url.as_str());
     assert_eq!(state["trust_root"], pin(&pki.root).as_str());
     let payload = base64::engine::general_purpose::STANDARD
         .decode(sign(&pki.root, &bundle).payload)
@@ -534,10 +502,8 @@ fn unreachable_ca_is_refused() {
         .local_addr()
         .unwrap()
         .port();
-    let server = Server {
-        url: format!("http://127.0.0.1:{port}"),
-        body: Arc::new(Mutex::new(String::new())),
-    };
+    let mut server = Server(FakeCa::start(String::new()));
+    server.0.url = format!("http://127.0.0.1:{port}");
     let out = host.install(&server, &pin(&pki.root), &[]);
     assert_refused(&out, "cannot get the trust bundle");
     assert_eq!(host.snapshot(), before);

@@ -9,11 +9,13 @@
 //! - [`keys`]: user keys and `ssh-keygen -L` parsing.
 //! - [`logs`]: captured output lines of child processes.
 //! - [`idp`]: the test OpenID provider.
+//! - [`fake_ca`]: serves any bundle JSON as `GET /v1/ca/bundle`.
 //! - [`proxy`]: a tampering HTTP proxy between the CA and the IdP (forged ID tokens).
 
 pub mod bins;
 pub mod ca;
 pub mod env;
+pub mod fake_ca;
 pub mod idp;
 pub mod keys;
 pub mod logs;

@@ -3,15 +3,13 @@
 //! writes nothing. Each refusal has its positive control in the same sshd tree.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use pedm_e2e::ca::{describe, TestCa};
 use pedm_e2e::env;
+use pedm_e2e::fake_ca::FakeCa;
 use pedm_e2e::keys::{now_unix, UserKey};
 use pedm_e2e::sshd::{TestSshd, LOG_TIMEOUT};
 use pedm_e2e::users;
@@ -21,50 +19,6 @@ const ACCOUNT: &str = "pedm-bg";
 
 fn host_toml() -> String {
     format!("passwd_file = \"/etc/passwd\"\n[accounts]\n{ACCOUNT} = [\"break-glass\"]\n")
-}
-
-/// Serves whatever `body` holds as `GET /v1/ca/bundle` (JSON), 404 for anything else.
-struct FakeCa {
-    url: String,
-    body: Arc<Mutex<String>>,
-}
-
-impl FakeCa {
-    fn start(body: String) -> FakeCa {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let body = Arc::new(Mutex::new(body));
-        let shared = Arc::clone(&body);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&req);
-                let (status, text) = if head.starts_with("GET /v1/ca/bundle ") {
-                    ("200 OK", shared.lock().unwrap().clone())
-                } else {
-                    ("404 Not Found", "{}".to_string())
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-            }
-        });
-        FakeCa { url, body }
-    }
-
-    fn serve(&self, body: String) {
-        *self.body.lock().unwrap() = body;
-    }
 }
 
 /// The bundle's payload, decoded.
