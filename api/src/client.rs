@@ -61,6 +61,38 @@ pub fn parse_ca_url(text: &str) -> Result<Url, ClientError> {
     Ok(url)
 }
 
+/// What can be done to an elevation request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElevationAction {
+    Approve,
+    Deny,
+    Cancel,
+    Revoke,
+}
+
+impl ElevationAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Deny => "deny",
+            Self::Cancel => "cancel",
+            Self::Revoke => "revoke",
+        }
+    }
+}
+
+/// An ID as one URL path segment; IDs are `[a-z0-9]`, anything else is refused here rather
+/// than escaped into another path.
+fn path_segment(id: &str) -> Result<&str, ClientError> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(id)
+    } else {
+        Err(ClientError::Url(format!(
+            "{id:?} is not an elevation ID (letters and digits, as `pedm-ssh elevations` shows)"
+        )))
+    }
+}
+
 /// A client bound to one CA.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -187,6 +219,50 @@ impl Client {
         req: &CertRequest,
     ) -> Result<CertResponse, ClientError> {
         self.post("v1/certs", req, Some(session)).await
+    }
+
+    /// `POST /v1/elevations`: ask for an elevation (it may come back approved at once).
+    pub async fn request_elevation(
+        &self,
+        session: &str,
+        req: &ElevationRequest,
+    ) -> Result<ElevationView, ClientError> {
+        self.post("v1/elevations", req, Some(session)).await
+    }
+
+    /// `GET /v1/elevations`: mine; with `approvable`, the pending ones I may decide.
+    pub async fn elevations(
+        &self,
+        session: &str,
+        approvable: bool,
+    ) -> Result<ElevationList, ClientError> {
+        let path = if approvable {
+            "v1/elevations?approvable=true"
+        } else {
+            "v1/elevations"
+        };
+        self.get(path, Some(session)).await
+    }
+
+    /// `GET /v1/elevations/{id}`: one request I may see (mine, or one I may decide).
+    pub async fn elevation(&self, session: &str, id: &str) -> Result<ElevationView, ClientError> {
+        self.get(
+            &format!("v1/elevations/{}", path_segment(id)?),
+            Some(session),
+        )
+        .await
+    }
+
+    /// `POST /v1/elevations/{id}/{action}` with `action` one of approve, deny, cancel, revoke.
+    pub async fn decide_elevation(
+        &self,
+        session: &str,
+        id: &str,
+        action: ElevationAction,
+        req: &DecisionRequest,
+    ) -> Result<ElevationView, ClientError> {
+        let path = format!("v1/elevations/{}/{}", path_segment(id)?, action.as_str());
+        self.post(&path, req, Some(session)).await
     }
 
     /// `GET /v1/session`.

@@ -10,6 +10,6 @@ pub mod problem;
 pub mod wire;
 
 pub use bundle::{BundleError, BundleKey, KeyState, SignedBundle, TrustBundle, BUNDLE_NAMESPACE};
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, ElevationAction};
 pub use problem::{Problem, ProblemType};
 pub use wire::*;

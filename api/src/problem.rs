@@ -36,11 +36,19 @@ pub enum ProblemType {
     NotFound,
     /// The CA failed; nothing was issued.
     Internal,
+    /// A reason or comment is empty, too long, or has control characters.
+    InvalidReason,
+    /// The elevation policy refuses this request (not eligible, too long, unknown elevation).
+    ElevationRefused,
+    /// The request is not in a state that allows this (decided, lapsed, timed out, expired).
+    Conflict,
+    /// The action needs a more recent sign-in: `pedm-ssh login --reauth`.
+    ReauthRequired,
 }
 
 impl ProblemType {
     /// All types, for documentation and tests.
-    pub const ALL: [ProblemType; 13] = [
+    pub const ALL: [ProblemType; 17] = [
         Self::InvalidRequest,
         Self::InvalidPublicKey,
         Self::UnsupportedKey,
@@ -54,6 +62,10 @@ impl ProblemType {
         Self::Forbidden,
         Self::NotFound,
         Self::Internal,
+        Self::InvalidReason,
+        Self::ElevationRefused,
+        Self::Conflict,
+        Self::ReauthRequired,
     ];
 
     /// The stable last segment of the type URI.
@@ -72,6 +84,10 @@ impl ProblemType {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not-found",
             Self::Internal => "internal",
+            Self::InvalidReason => "invalid-reason",
+            Self::ElevationRefused => "elevation-refused",
+            Self::Conflict => "conflict",
+            Self::ReauthRequired => "reauth-required",
         }
     }
 
@@ -82,9 +98,11 @@ impl ProblemType {
             | Self::InvalidPublicKey
             | Self::UnsupportedKey
             | Self::InvalidRedirectUri
-            | Self::LoginRefused => 400,
-            Self::SignInRequired | Self::IdTokenRefused => 401,
-            Self::NoRole | Self::UsernameRefused | Self::Forbidden => 403,
+            | Self::LoginRefused
+            | Self::InvalidReason => 400,
+            Self::SignInRequired | Self::IdTokenRefused | Self::ReauthRequired => 401,
+            Self::NoRole | Self::UsernameRefused | Self::Forbidden | Self::ElevationRefused => 403,
+            Self::Conflict => 409,
             Self::NotFound => 404,
             Self::IdpUnavailable => 502,
             Self::Internal => 500,
@@ -107,6 +125,10 @@ impl ProblemType {
             Self::Forbidden => "Forbidden",
             Self::NotFound => "Not found",
             Self::Internal => "Internal error",
+            Self::InvalidReason => "The reason or comment is refused",
+            Self::ElevationRefused => "The elevation is refused",
+            Self::Conflict => "The request is not in a state that allows this",
+            Self::ReauthRequired => "A recent sign-in is required",
         }
     }
 

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct CertRequest {
     /// The user's OpenSSH public key line.
     pub public_key: String,
+    /// Also issue the certificate of this elevation (the caller's own, approved or active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elevation_id: Option<String>,
 }
 
 /// One issued certificate.
@@ -24,10 +27,22 @@ pub struct IssuedCert {
     pub valid_before: i64,
 }
 
+/// An elevation's certificate: only the elevation's principals, key ID `USER serial=N elev=ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElevatedCert {
+    pub elevation_id: String,
+    /// The configured elevation's name, for the file name `PATH-elev-NAME-cert.pub`.
+    pub elevation: String,
+    pub cert: IssuedCert,
+}
+
 /// Answer of `POST /v1/certs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertResponse {
     pub base: IssuedCert,
+    /// The elevated certificate, on the same key, when `elevation_id` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elevation: Option<ElevatedCert>,
     /// The CA's clock (unix seconds) when it signed, so clients can warn of skew.
     pub ca_time: i64,
 }
@@ -49,6 +64,9 @@ pub struct AuthInfo {
 pub struct OidcStartRequest {
     /// Must serialise exactly to `http://127.0.0.1:{port}/callback`.
     pub redirect_uri: String,
+    /// Make the IdP authenticate the user again (`max_age=0`), for a recent `auth_time`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reauth: bool,
     /// Lowercase hex SHA-256 of the CLI's 256-bit `login_secret`.
     pub login_secret_sha256: String,
 }
@@ -112,4 +130,151 @@ pub struct Health {
     pub status: String,
     pub active_key: String,
     pub bundle_version: u64,
+}
+
+/// `POST /v1/elevations`: ask for an elevation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElevationRequest {
+    /// The configured elevation's name (`[[elevations]] name`).
+    pub elevation: String,
+    /// Why; 1–200 printable characters. Shown to approvers, audited, never in a certificate.
+    pub reason: String,
+    /// How long the grant lasts once first used, in seconds; at most the elevation's
+    /// `max_duration`. `None`: the maximum.
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+}
+
+/// Life-cycle state of an elevation request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElevationState {
+    /// Waiting for approvals.
+    Pending,
+    /// Approved, not used yet; lapses after `use_within`.
+    Approved,
+    /// Its first certificate was issued; the clock runs.
+    Active,
+    /// The grant's time is over.
+    Expired,
+    /// An eligible approver said no.
+    Denied,
+    /// The requester withdrew it.
+    Cancelled,
+    /// Ended early by an approver or an admin.
+    Revoked,
+    /// Approved but not used within `use_within`.
+    Lapsed,
+    /// Still pending after `pending_timeout`.
+    TimedOut,
+}
+
+impl ElevationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Denied => "denied",
+            Self::Cancelled => "cancelled",
+            Self::Revoked => "revoked",
+            Self::Lapsed => "lapsed",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Whether no transition can leave this state.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::Approved | Self::Active)
+    }
+}
+
+impl std::str::FromStr for ElevationState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            Self::Pending,
+            Self::Approved,
+            Self::Active,
+            Self::Expired,
+            Self::Denied,
+            Self::Cancelled,
+            Self::Revoked,
+            Self::Lapsed,
+            Self::TimedOut,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("unknown elevation state {s:?}"))
+    }
+}
+
+/// One decision on a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub approver: String,
+    /// `approve` or `deny`.
+    pub decision: String,
+    pub comment: Option<String>,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// An elevation request as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElevationView {
+    /// Short random identifier (`[a-z0-9]{12}`), used in key IDs (`elev=ID`).
+    pub id: String,
+    pub requester: String,
+    pub elevation: String,
+    pub principals: Vec<String>,
+    pub reason: String,
+    pub duration_secs: u64,
+    pub state: ElevationState,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When it was approved (by policy or the last needed approver).
+    pub approved_at: Option<i64>,
+    /// `auto` when policy approved it.
+    pub approved_by: Vec<String>,
+    /// Approvals still needed while pending.
+    pub approvals_needed: u32,
+    /// First certificate: the grant's clock starts here.
+    pub started_at: Option<i64>,
+    /// started_at + duration, once active.
+    pub ends_at: Option<i64>,
+    /// Deadline of the current state: pending → times out, approved → lapses, active → ends.
+    pub deadline: Option<i64>,
+    pub decisions: Vec<ApprovalView>,
+    /// The requester's other elevations of the last 30 days (approvers' view only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<ElevationSummary>,
+}
+
+/// A past elevation, in an approver's view of a requester.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElevationSummary {
+    pub id: String,
+    pub elevation: String,
+    pub state: ElevationState,
+    pub created_at: i64,
+    pub reason: String,
+}
+
+/// Answer of `GET /v1/elevations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElevationList {
+    pub elevations: Vec<ElevationView>,
+    pub ca_time: i64,
+}
+
+/// `POST /v1/elevations/{id}/approve|deny|cancel|revoke`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// Required for `deny`; optional otherwise. Same rules as a reason.
+    #[serde(default)]
+    pub comment: Option<String>,
 }

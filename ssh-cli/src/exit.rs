@@ -42,10 +42,13 @@ impl Exit {
 /// The exit code for a CA problem type; unknown types are plain errors.
 pub fn for_problem(kind: Option<ProblemType>) -> Exit {
     match kind {
-        Some(ProblemType::SignInRequired) => Exit::SignInRequired,
-        Some(ProblemType::NoRole | ProblemType::UsernameRefused | ProblemType::Forbidden) => {
-            Exit::Denied
-        }
+        Some(ProblemType::SignInRequired | ProblemType::ReauthRequired) => Exit::SignInRequired,
+        Some(
+            ProblemType::NoRole
+            | ProblemType::UsernameRefused
+            | ProblemType::Forbidden
+            | ProblemType::ElevationRefused,
+        ) => Exit::Denied,
         Some(
             ProblemType::InvalidRequest
             | ProblemType::InvalidPublicKey
@@ -55,7 +58,9 @@ pub fn for_problem(kind: Option<ProblemType>) -> Exit {
             | ProblemType::LoginRefused
             | ProblemType::IdpUnavailable
             | ProblemType::NotFound
-            | ProblemType::Internal,
+            | ProblemType::Internal
+            | ProblemType::InvalidReason
+            | ProblemType::Conflict,
         )
         | None => Exit::Error,
     }
@@ -132,6 +137,18 @@ fn problem_next(kind: Option<ProblemType>, ca_url: &str) -> String {
             "your username is refused by the CA's policy; ask your administrator (the name must be a safe, unprivileged login name)".into()
         }
         Some(ProblemType::Forbidden) => "ask your administrator for access".into(),
+        Some(ProblemType::ReauthRequired) => {
+            format!("this needs a recent sign-in: run `{login} --reauth`")
+        }
+        Some(ProblemType::ElevationRefused) => {
+            "the elevation policy refuses this; `pedm-ca policy explain` shows the rules (ask your administrator)".into()
+        }
+        Some(ProblemType::InvalidReason) => {
+            "write a reason of 1-200 printable characters, without control characters".into()
+        }
+        Some(ProblemType::Conflict) => {
+            "the request has moved on; see its state with `pedm-ssh elevations` or `pedm-ssh requests`".into()
+        }
         Some(ProblemType::LoginRefused) => {
             format!("the sign-in expired or was already used: run `{login}` again")
         }
@@ -332,8 +349,11 @@ mod tests {
     fn every_problem_type_has_its_code() {
         for kind in ProblemType::ALL {
             let expected = match kind {
-                ProblemType::SignInRequired => 3,
-                ProblemType::NoRole | ProblemType::UsernameRefused | ProblemType::Forbidden => 4,
+                ProblemType::SignInRequired | ProblemType::ReauthRequired => 3,
+                ProblemType::NoRole
+                | ProblemType::UsernameRefused
+                | ProblemType::Forbidden
+                | ProblemType::ElevationRefused => 4,
                 _ => 1,
             };
             let p = Problem::new(kind, "detail");

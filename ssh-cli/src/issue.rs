@@ -59,6 +59,7 @@ pub async fn issue(
 ) -> Result<Issued, Failure> {
     let req = CertRequest {
         public_key: public_key_line(&key.public)?,
+        elevation_id: None,
     };
     let resp = client
         .certs(token, &req)

@@ -87,6 +87,7 @@ pub async fn issue(
     .await?;
     state.metrics.issued("base");
     Ok(Json(CertResponse {
+        elevation: None,
         base: IssuedCert {
             certificate: issued.row.certificate,
             serial: issued.row.serial,

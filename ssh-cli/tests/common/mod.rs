@@ -254,6 +254,7 @@ async fn certs(State(st): State<St>, headers: HeaderMap, Json(req): Json<CertReq
     b.extension("permit-pty", "").unwrap();
     let cert = b.sign(&s.ca_key).unwrap();
     Json(CertResponse {
+        elevation: None,
         base: IssuedCert {
             certificate: cert.to_openssh().unwrap(),
             serial,
