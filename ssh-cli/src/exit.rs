@@ -144,10 +144,10 @@ fn problem_next(kind: Option<ProblemType>, ca_url: &str) -> String {
             "the elevation policy refuses this; `pedm-ca policy explain` shows the rules (ask your administrator)".into()
         }
         Some(ProblemType::InvalidReason) => {
-            "write a reason of 1-200 printable characters, without control characters".into()
+            "use a reason of 1-200 printable characters, without control characters".into()
         }
         Some(ProblemType::Conflict) => {
-            "the request has moved on; see its state with `pedm-ssh elevations` or `pedm-ssh requests`".into()
+            "the request has moved on: check its state with `pedm-ssh elevations` or `pedm-ssh requests`".into()
         }
         Some(ProblemType::LoginRefused) => {
             format!("the sign-in expired or was already used: run `{login}` again")
