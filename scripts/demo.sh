@@ -102,9 +102,16 @@ principals = ["{username}"]
 max_cert_ttl = "5m"
 extensions = ["permit-pty"]
 
+[admin]
+groups = ["security"]
+
 [[elevations]]
 name = "db-admin"
 principals = ["db-admin"]
+eligible_roles = ["engineer"]
+max_duration = "30m"
+approval = { groups = ["security"], count = 1 }
+auto_approve = { groups = ["oncall"], reason_matches = "INC-[0-9]+" }
 EOF
 step "   pedm-ca serve (SQLite at demo-run/ca/pedm.db)"
 "$BIN/pedm-ca" serve --config "$RUN/ca.toml" >"$RUN/ca.out" 2>"$RUN/ca.err" &

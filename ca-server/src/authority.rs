@@ -4,13 +4,13 @@
 
 use crate::audit::{verify_chain, AuditEvent, ChainError, ChainReport, Checkpoint};
 use crate::cert::{parse_user_key, CertSpec, KeyRefusal};
-use crate::names::{KeyId, Principal, Username};
+use crate::names::{ElevationId, KeyId, Principal, Username};
 use crate::signer::{
     create_key_file, load_key_file, sshsig_armored, CaSigner, KeyFileError, Passphrase,
 };
 use crate::store::{
-    BundleRow, CaKeyRow, CertKind, IssueIntent, IssuedRow, SignedCert, SqliteStore, Store,
-    StoreError, TrustRootRow,
+    BundleRow, CaKeyRow, CertKind, ElevatedPlan, IssueIntent, IssuedRow, SignedCert, SqliteStore,
+    Store, StoreError, TrustRootRow,
 };
 use pedm_api::{BundleKey, KeyState, SignedBundle, TrustBundle, BUNDLE_NAMESPACE};
 use ssh_key::{HashAlg, PublicKey};
@@ -151,6 +151,64 @@ pub fn init(
 pub struct Issued {
     pub row: IssuedRow,
     pub principals: Vec<String>,
+}
+
+/// The base certificate of an issuance that also carries an elevation.
+pub struct BaseIssue<'a> {
+    pub user: &'a Username,
+    pub public_key: &'a PublicKey,
+    pub principals: &'a [Principal],
+    pub extensions: &'a BTreeSet<String>,
+    pub window: (u64, u64),
+    /// SHA-256 hex of the session token.
+    pub session: &'a str,
+    pub details: serde_json::Value,
+}
+
+/// Decides, on the stored request, what its elevated certificate may carry.
+pub type GrantDecider<'a> = dyn FnMut(
+        &crate::store::ElevationRow,
+        &[crate::store::DecisionRow],
+    ) -> Result<ElevatedGrant, crate::store::Rejection>
+    + 'a;
+
+/// What the elevation policy allows an elevated certificate, decided in the transaction.
+pub struct ElevatedGrant {
+    pub principals: Vec<Principal>,
+    /// Unix seconds: the grant's end.
+    pub ends_at: i64,
+    /// Set on first use (approved → active).
+    pub activation: Option<crate::store::ElevationChange>,
+}
+
+fn sign_cert(
+    signer: &dyn CaSigner,
+    public_key: &PublicKey,
+    serial: u64,
+    key_id: KeyId,
+    principals: &[Principal],
+    window: (u64, u64),
+    extensions: &BTreeSet<String>,
+) -> Result<SignedCert, crate::cert::CertError> {
+    let spec = CertSpec::new(
+        public_key.clone(),
+        serial,
+        key_id.clone(),
+        principals.to_vec(),
+        window.0,
+        window.1,
+        extensions.clone(),
+    )?;
+    let cert = spec.sign(signer)?;
+    let certificate = cert
+        .to_openssh()
+        .map_err(|e| crate::cert::CertError::Signing(e.to_string()))?;
+    Ok(SignedCert {
+        certificate,
+        key_id: key_id.to_string(),
+        valid_after: window.0 as i64,
+        valid_before: window.1 as i64,
+    })
 }
 
 /// A running CA.
@@ -321,7 +379,45 @@ impl Authority {
         session: Option<String>,
         details: serde_json::Value,
     ) -> Result<Issued, CaError> {
-        let intent = IssueIntent {
+        let intent = self.intent(kind, actor, user, public_key, principals, session, details);
+        let signer = self.signer.clone();
+        let row = self.store.issue_certificate(&intent, &mut |serial| {
+            let key_id = match user {
+                Some(u) if kind == CertKind::Base => KeyId::User {
+                    user: u.clone(),
+                    serial,
+                },
+                _ => KeyId::BreakGlass { serial },
+            };
+            sign_cert(
+                signer.as_ref(),
+                public_key,
+                serial,
+                key_id,
+                principals,
+                window,
+                extensions,
+            )
+        })?;
+        self.after_write()?;
+        Ok(Issued {
+            row,
+            principals: intent.principals,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn intent(
+        &self,
+        kind: CertKind,
+        actor: &str,
+        user: Option<&Username>,
+        public_key: &PublicKey,
+        principals: &[Principal],
+        session: Option<String>,
+        details: serde_json::Value,
+    ) -> IssueIntent {
+        IssueIntent {
             kind,
             actor: actor.to_string(),
             user: user
@@ -331,42 +427,113 @@ impl Authority {
             public_key_fingerprint: fingerprint(public_key),
             ca_key: self.signer.fingerprint(),
             session,
+            elevation_id: None,
             details,
-        };
+        }
+    }
+
+    /// Issues the base certificate and the certificate of an elevation on the same key, in
+    /// one transaction. `decide` runs inside it on the stored request and returns what the
+    /// elevated certificate may carry, or refuses; the elevated certificate's
+    /// `valid_before` is at most `min(base window end, grant end)`.
+    pub fn issue_with_elevation(
+        &self,
+        base: &BaseIssue<'_>,
+        elevation: &ElevationId,
+        decide: &mut GrantDecider<'_>,
+    ) -> Result<(Issued, Issued), CaError> {
+        let base_intent = self.intent(
+            CertKind::Base,
+            base.user.as_str(),
+            Some(base.user),
+            base.public_key,
+            base.principals,
+            Some(base.session.to_string()),
+            base.details.clone(),
+        );
         let signer = self.signer.clone();
-        let row = self.store.issue_certificate(&intent, &mut |serial| {
-            let key_id = match (kind, user) {
-                (CertKind::Base, Some(u)) => KeyId::User {
-                    user: u.clone(),
-                    serial,
-                },
-                _ => KeyId::BreakGlass { serial },
-            };
-            let spec = CertSpec::new(
-                public_key.clone(),
-                serial,
-                key_id.clone(),
-                principals.to_vec(),
-                window.0,
-                window.1,
-                extensions.clone(),
-            )?;
-            let cert = spec.sign(signer.as_ref())?;
-            let certificate = cert
-                .to_openssh()
-                .map_err(|e| crate::cert::CertError::Signing(e.to_string()))?;
-            Ok(SignedCert {
-                certificate,
-                key_id: key_id.to_string(),
-                valid_after: window.0 as i64,
-                valid_before: window.1 as i64,
+        let mut plan_for = |row: &crate::store::ElevationRow,
+                            decisions: &[crate::store::DecisionRow]|
+         -> Result<ElevatedPlan, crate::store::Rejection> {
+            let grant = decide(row, decisions)?;
+            let mut intent = self.intent(
+                CertKind::Elevated,
+                base.user.as_str(),
+                Some(base.user),
+                base.public_key,
+                &grant.principals,
+                Some(base.session.to_string()),
+                serde_json::json!({ "elevation": row.elevation, "grant_ends_at": grant.ends_at }),
+            );
+            intent.elevation_id = Some(row.id.clone());
+            Ok(ElevatedPlan {
+                intent,
+                activation: grant.activation,
+                ends_at: grant.ends_at,
             })
-        })?;
+        };
+        let mut sign_base = |serial| {
+            let key_id = KeyId::User {
+                user: base.user.clone(),
+                serial,
+            };
+            sign_cert(
+                signer.as_ref(),
+                base.public_key,
+                serial,
+                key_id,
+                base.principals,
+                base.window,
+                base.extensions,
+            )
+        };
+        let principals_cell = std::cell::RefCell::new(Vec::<Principal>::new());
+        let mut sign_elevated = |serial, plan: &ElevatedPlan| {
+            let principals: Vec<Principal> = plan
+                .intent
+                .principals
+                .iter()
+                .filter_map(|p| Principal::new(p).ok())
+                .collect();
+            principals_cell.replace(principals.clone());
+            let end = (plan.ends_at.max(0) as u64).min(base.window.1);
+            let key_id = KeyId::Elevated {
+                user: base.user.clone(),
+                serial,
+                elevation: elevation.clone(),
+            };
+            sign_cert(
+                signer.as_ref(),
+                base.public_key,
+                serial,
+                key_id,
+                &principals,
+                (base.window.0, end),
+                base.extensions,
+            )
+        };
+        let (base_row, elevated_row) = self.store.issue_with_elevation(
+            &base_intent,
+            &mut sign_base,
+            elevation.as_str(),
+            &mut plan_for,
+            &mut sign_elevated,
+        )?;
         self.after_write()?;
-        Ok(Issued {
-            row,
-            principals: intent.principals,
-        })
+        Ok((
+            Issued {
+                row: base_row,
+                principals: base_intent.principals,
+            },
+            Issued {
+                row: elevated_row,
+                principals: principals_cell
+                    .into_inner()
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+            },
+        ))
     }
 
     /// Break-glass issuance for when the IdP is down: fixed key ID `break-glass serial=N`,

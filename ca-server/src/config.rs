@@ -1,7 +1,8 @@
 //! The CA's TOML configuration, validated once at start-up. Unknown keys are refused and
 //! every error names the key and what is wrong with it.
 
-use crate::names::Principal;
+use crate::elevation::{ApprovalRule, AutoApprove, Elevation, Hours};
+use crate::names::{escaped, Principal};
 use crate::policy::{Policy, PrincipalTemplate, Role, UsernameSource, KNOWN_EXTENSIONS};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeSet;
@@ -221,11 +222,29 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Members may use the admin API and revoke any elevation.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Approve, deny and revoke need a browser sign-in this recent, so an approver removed
+    /// from a group at the IdP loses the power within this time.
+    #[serde(default = "default_one_hour")]
+    pub approver_recent_auth: HumanDuration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            groups: Vec::new(),
+            approver_recent_auth: default_one_hour(),
+        }
+    }
+}
+
+fn default_one_hour() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,12 +259,226 @@ pub struct RoleConfig {
     pub extensions: Vec<String>,
 }
 
-/// Of an elevation this version reads only its name and principals, so that no username
-/// can equal a principal an elevation grants.
+/// One `[[elevations]]` entry as written; [`Config::elevations`] gives the validated
+/// [`Elevation`]s.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ElevationConfig {
+    /// `[a-z0-9_-]{1,32}`, unique: it goes into file names (`PATH-elev-NAME-cert.pub`).
     pub name: String,
     pub principals: Vec<String>,
+    /// Names of `[[roles]]`; the requester must hold one.
+    pub eligible_roles: Vec<String>,
+    pub max_duration: HumanDuration,
+    /// The clock starts at first use, which must come this soon after approval.
+    #[serde(default = "default_one_hour")]
+    pub use_within: HumanDuration,
+    #[serde(default = "default_one_hour")]
+    pub pending_timeout: HumanDuration,
+    /// The requester's browser sign-in must be this recent at request and at first use.
+    #[serde(default)]
+    pub require_recent_auth: Option<HumanDuration>,
+    #[serde(default)]
+    pub approval: Option<ApprovalConfig>,
+    #[serde(default)]
+    pub auto_approve: Option<AutoApproveConfig>,
+}
+
+/// `approval = { groups = [...], count = N }`; the requester never counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    pub groups: Vec<String>,
+    #[serde(default = "default_count")]
+    pub count: u32,
+}
+
+fn default_count() -> u32 {
+    1
+}
+
+/// `auto_approve = { groups, reason_matches, hours }`: every condition given must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoApproveConfig {
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// A regular expression (Rust `regex` syntax) that must match the whole reason.
+    #[serde(default)]
+    pub reason_matches: Option<String>,
+    #[serde(default)]
+    pub hours: Option<HoursConfig>,
+}
+
+/// `hours = { days = "Mon-Fri", from = "08:00", to = "18:00", tz = "Europe/Berlin" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoursConfig {
+    pub days: String,
+    pub from: String,
+    pub to: String,
+    /// An IANA time zone name, resolved from the system's zone database at start-up.
+    pub tz: String,
+}
+
+/// `[a-z0-9_-]{1,32}`.
+fn is_elevation_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// A non-empty list of non-empty names, as a set.
+fn group_set(key: String, groups: &[String]) -> Result<BTreeSet<String>, ConfigError> {
+    if groups.is_empty() || groups.iter().any(String::is_empty) {
+        return Err(invalid(key, "must list at least one non-empty group"));
+    }
+    Ok(groups.iter().cloned().collect())
+}
+
+/// Checks and builds elevation `i`. Validation and construction are this one function, so
+/// [`Config::elevations`] cannot build anything [`Config::validate`] did not check.
+fn build_elevation(
+    i: usize,
+    e: &ElevationConfig,
+    roles: &BTreeSet<&str>,
+) -> Result<Elevation, ConfigError> {
+    let key = |f: &str| format!("elevations[{i}].{f}");
+    if !is_elevation_name(&e.name) {
+        return Err(invalid(
+            key("name"),
+            format!(
+                "{} must be 1 to 32 characters of [a-z0-9_-] (it becomes part of file names)",
+                escaped(&e.name)
+            ),
+        ));
+    }
+    if e.principals.is_empty() {
+        return Err(invalid(
+            key("principals"),
+            "must list at least one principal",
+        ));
+    }
+    let principals = e
+        .principals
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            Principal::new(p)
+                .map_err(|err| invalid(format!("elevations[{i}].principals[{j}]"), err.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if e.eligible_roles.is_empty() {
+        return Err(invalid(
+            key("eligible_roles"),
+            "must list at least one role of [[roles]]",
+        ));
+    }
+    for (j, r) in e.eligible_roles.iter().enumerate() {
+        if !roles.contains(r.as_str()) {
+            return Err(invalid(
+                format!("elevations[{i}].eligible_roles[{j}]"),
+                format!(
+                    "{} is not a role; configured roles: {}",
+                    escaped(r),
+                    if roles.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        roles.iter().copied().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    // HumanDuration refuses zero already; this guards the invariant if that ever changes.
+    if e.max_duration.0.is_zero() {
+        return Err(invalid(key("max_duration"), "must be positive"));
+    }
+    let approval = match &e.approval {
+        None => None,
+        Some(a) => {
+            let groups = group_set(key("approval.groups"), &a.groups)?;
+            if a.count < 1 {
+                return Err(invalid(
+                    key("approval.count"),
+                    "must be at least 1 (the requester never counts)",
+                ));
+            }
+            Some(ApprovalRule {
+                groups,
+                count: a.count,
+            })
+        }
+    };
+    let auto_approve = match &e.auto_approve {
+        None => None,
+        Some(a) => {
+            if a.groups.is_none() && a.reason_matches.is_none() && a.hours.is_none() {
+                return Err(invalid(
+                    key("auto_approve"),
+                    "has no condition; give groups, reason_matches or hours (all given must hold), or remove it",
+                ));
+            }
+            let groups = a
+                .groups
+                .as_deref()
+                .map(|g| group_set(key("auto_approve.groups"), g))
+                .transpose()?;
+            let reason_matches = a
+                .reason_matches
+                .as_deref()
+                .map(|r| {
+                    AutoApprove::whole_match(r).map_err(|err| {
+                        invalid(
+                            key("auto_approve.reason_matches"),
+                            format!("{} is not a valid regular expression: {err}", escaped(r)),
+                        )
+                    })
+                })
+                .transpose()?;
+            let hours = a
+                .hours
+                .as_ref()
+                .map(|h| {
+                    let tz = jiff::tz::TimeZone::get(&h.tz).map_err(|err| {
+                        invalid(
+                            key("auto_approve.hours.tz"),
+                            format!(
+                                "{} is not a time zone of the system's zone database (an IANA name like \"Europe/Berlin\"; is tzdata installed?): {err}",
+                                escaped(&h.tz)
+                            ),
+                        )
+                    })?;
+                    Hours::new(&h.days, &h.from, &h.to, &h.tz, tz).map_err(|err| {
+                        invalid(key(&format!("auto_approve.hours.{}", err.field)), err.message)
+                    })
+                })
+                .transpose()?;
+            Some(AutoApprove {
+                groups,
+                reason_matches,
+                hours,
+            })
+        }
+    };
+    if approval.is_none() && auto_approve.is_none() {
+        return Err(invalid(
+            key("approval"),
+            "neither approval nor auto_approve is set, so nobody could ever grant this elevation; add approval = { groups = [...], count = 1 } or auto_approve",
+        ));
+    }
+    Ok(Elevation {
+        name: e.name.clone(),
+        principals,
+        eligible_roles: e.eligible_roles.iter().cloned().collect(),
+        max_duration: e.max_duration.0,
+        use_within: e.use_within.0,
+        pending_timeout: e.pending_timeout.0,
+        require_recent_auth: e.require_recent_auth.map(|d| d.0),
+        approval,
+        auto_approve,
+    })
 }
 
 impl Config {
@@ -350,27 +583,34 @@ impl Config {
                 }
             }
         }
+        let roles: BTreeSet<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
         let mut names = BTreeSet::new();
         for (i, e) in self.elevations.iter().enumerate() {
-            if e.name.is_empty() || !names.insert(e.name.clone()) {
+            build_elevation(i, e, &roles)?;
+            if !names.insert(e.name.as_str()) {
                 return Err(invalid(
                     format!("elevations[{i}].name"),
-                    format!("{:?} is empty or used twice", e.name),
+                    format!("{} is used twice", escaped(&e.name)),
                 ));
-            }
-            if e.principals.is_empty() {
-                return Err(invalid(
-                    format!("elevations[{i}].principals"),
-                    "must list at least one principal",
-                ));
-            }
-            for (j, p) in e.principals.iter().enumerate() {
-                Principal::new(p).map_err(|err| {
-                    invalid(format!("elevations[{i}].principals[{j}]"), err.to_string())
-                })?;
             }
         }
         Ok(())
+    }
+
+    /// The validated elevations. Infallible: [`Config::parse`] built each one already
+    /// (and refused the configuration if any failed).
+    pub fn elevations(&self) -> Vec<Elevation> {
+        let roles: BTreeSet<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
+        self.elevations
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| build_elevation(i, e, &roles).ok())
+            .collect()
+    }
+
+    /// The admin groups, as a set.
+    pub fn admin_groups(&self) -> BTreeSet<String> {
+        self.admin.groups.iter().cloned().collect()
     }
 
     /// The base-certificate policy this configuration describes.
@@ -451,6 +691,9 @@ data_dir = "/tmp/x"
         assert_eq!(c.certs.clock_skew.0, Duration::from_secs(60));
         assert_eq!(c.bundle.lifetime.0, Duration::from_secs(7 * 86_400));
         assert!(c.roles.is_empty());
+        assert!(c.elevations().is_empty());
+        assert_eq!(c.admin.approver_recent_auth.0, Duration::from_secs(3600));
+        assert!(c.admin_groups().is_empty());
     }
 
     #[test]
@@ -468,10 +711,56 @@ extensions = ["permit-pty"]
 [[elevations]]
 name = "db-admin"
 principals = ["db-admin"]
+eligible_roles = ["engineer"]
+max_duration = "30m"
+require_recent_auth = "15m"
+use_within = "2h"
+approval = { groups = ["security"], count = 2 }
+auto_approve = { groups = ["oncall"], reason_matches = "INC-[0-9]+", hours = { days = "Mon-Fri", from = "08:00", to = "18:00", tz = "Europe/Berlin" } }
+[[elevations]]
+name = "read_only-2"
+principals = ["reader", "Reader.2"]
+eligible_roles = ["engineer"]
+max_duration = "1h"
+approval = { groups = ["security", "leads"] }
 "#,
         )
         .unwrap();
+        let es = c.elevations();
+        assert_eq!(es.len(), 2);
+        let e = &es[0];
+        assert_eq!(e.name, "db-admin");
+        assert_eq!(e.principals, [Principal::new("db-admin").unwrap()]);
+        assert_eq!(e.eligible_roles, ["engineer".to_string()].into());
+        assert_eq!(e.max_duration, Duration::from_secs(1800));
+        assert_eq!(e.require_recent_auth, Some(Duration::from_secs(900)));
+        assert_eq!(e.use_within, Duration::from_secs(7200));
+        assert_eq!(e.pending_timeout, Duration::from_secs(3600));
+        assert_eq!(
+            e.approval,
+            Some(ApprovalRule {
+                groups: ["security".to_string()].into(),
+                count: 2
+            })
+        );
+        let a = e.auto_approve.as_ref().unwrap();
+        assert_eq!(a.groups, Some(["oncall".to_string()].into()));
+        let re = a.reason_matches.as_ref().unwrap();
+        assert!(re.is_match("INC-1234") && !re.is_match("INC-1234 x") && !re.is_match("xINC-1"));
+        let h = a.hours.as_ref().unwrap();
+        assert_eq!(h.to_string(), "Mon-Fri 08:00-18:00 Europe/Berlin");
+        // Defaults of the second one.
+        let e = &es[1];
+        assert_eq!(e.use_within, Duration::from_secs(3600));
+        assert_eq!(e.pending_timeout, Duration::from_secs(3600));
+        assert_eq!(e.require_recent_auth, None);
+        assert_eq!(e.approval.as_ref().unwrap().count, 1);
+        assert!(e.auto_approve.is_none());
+        assert_eq!(c.admin.approver_recent_auth.0, Duration::from_secs(3600));
         let p = c.policy();
+        assert!(p
+            .elevation_principals
+            .contains(&Principal::new("Reader.2").unwrap()));
         assert_eq!(p.roles[0].max_cert_ttl, Some(Duration::from_secs(600)));
         assert_eq!(p.default_ttl, Duration::from_secs(20));
         assert!(p
@@ -494,8 +783,6 @@ principals = ["db-admin"]
         assert!(e.contains("roles[0].principals[0]"), "{e}");
         let e = err("[[roles]]\nname = \"r\"\ngroups = [\"g\"]\nprincipals = [\"x\"]\nextensions = [\"permit-everything\"]");
         assert!(e.contains("roles[0].extensions[0]"), "{e}");
-        let e = err("[[elevations]]\nname = \"e\"\nprincipals = [\"../x\"]");
-        assert!(e.contains("elevations[0].principals[0]"), "{e}");
         let e = err("[oidc]\nissuer = \"http://i\"\nclient_id = \"c\"\nusername_claim = \"email\"");
         assert!(e.contains("oidc.allowed_email_domains"), "{e}");
         let e = err("[audit]\ncheckpoint_every = 0");
@@ -518,5 +805,233 @@ principals = ["db-admin"]
             .unwrap()
             .to_string()
             .contains("public_url"));
+    }
+
+    const ROLES: &str = r#"
+[[roles]]
+name = "engineer"
+groups = ["eng"]
+principals = ["{username}"]
+[[roles]]
+name = "oncall"
+groups = ["oncall"]
+principals = ["{username}"]
+"#;
+
+    /// A config with one elevation whose body is `db-admin`'s, with `line` replacing the
+    /// line of the same key (or added, when no line has that key; "-key" removes it).
+    fn elevation(changes: &[&str]) -> String {
+        let mut lines = vec![
+            "name = \"db-admin\"".to_string(),
+            "principals = [\"db-admin\"]".into(),
+            "eligible_roles = [\"engineer\"]".into(),
+            "max_duration = \"30m\"".into(),
+            "approval = { groups = [\"security\"], count = 1 }".into(),
+        ];
+        for c in changes {
+            let (key, remove) = match c.strip_prefix('-') {
+                Some(k) => (k.to_string(), true),
+                None => (c.split(" =").next().unwrap_or("").to_string(), false),
+            };
+            let pos = lines
+                .iter()
+                .position(|l| l.starts_with(&format!("{key} =")));
+            match (pos, remove) {
+                (Some(i), true) => {
+                    lines.remove(i);
+                }
+                (Some(i), false) => lines[i] = c.to_string(),
+                (None, _) => lines.push(c.to_string()),
+            }
+        }
+        format!("{ROLES}[[elevations]]\n{}\n", lines.join("\n"))
+    }
+
+    fn elevation_err(changes: &[&str]) -> String {
+        err(&elevation(changes))
+    }
+
+    #[test]
+    fn admin_section() {
+        let c = parse("[admin]\ngroups = [\"sec-admin\"]\napprover_recent_auth = \"30s\"").unwrap();
+        assert_eq!(c.admin.approver_recent_auth.0, Duration::from_secs(30));
+        assert_eq!(c.admin_groups(), ["sec-admin".to_string()].into());
+        assert!(err("[admin]\napprover_recent_auth = \"0s\"").contains("approver_recent_auth"));
+        assert!(err("[admin]\nrecent = \"1h\"").contains("recent"));
+    }
+
+    #[test]
+    fn elevation_base_is_valid() {
+        let c = parse(&elevation(&[])).unwrap();
+        assert_eq!(c.elevations().len(), 1);
+        // Auto-approval only (no approval rule) is fine.
+        let c = parse(&elevation(&[
+            "-approval",
+            "auto_approve = { reason_matches = \"INC-[0-9]+\" }",
+        ]))
+        .unwrap();
+        assert!(c.elevations()[0].approval.is_none());
+        for ok in [
+            "auto_approve = { groups = [\"oncall\"] }",
+            "auto_approve = { hours = { days = \"Sat,Sun\", from = \"00:00\", to = \"24:00\", tz = \"UTC\" } }",
+            "auto_approve = { hours = { days = \"Mon,Wed-Fri\", from = \"09:30\", to = \"17:15\", tz = \"America/New_York\" } }",
+        ] {
+            assert!(parse(&elevation(&[ok])).is_ok(), "{ok}");
+        }
+    }
+
+    fn refused(changes: &[&str], key: &str) {
+        let e = elevation_err(changes);
+        assert!(e.contains(key), "{changes:?}: expected {key} in {e}");
+    }
+
+    #[test]
+    fn elevation_names() {
+        for ok in ["a", "db-admin", "x_1", &"a".repeat(32)] {
+            assert!(
+                parse(&elevation(&[&format!("name = \"{ok}\"")])).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "",
+            "DB",
+            "db admin",
+            "db/admin",
+            "../x",
+            "db.admin",
+            "é",
+            &"a".repeat(33),
+        ] {
+            refused(&[&format!("name = \"{bad}\"")], "elevations[0].name");
+        }
+        let twice = format!(
+            "{}[[elevations]]\nname = \"db-admin\"\nprincipals = [\"x\"]\neligible_roles = [\"engineer\"]\nmax_duration = \"1m\"\napproval = {{ groups = [\"s\"] }}\n",
+            elevation(&[])
+        );
+        let e = err(&twice);
+        assert!(
+            e.contains("elevations[1].name") && e.contains("used twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn elevation_principals_and_roles() {
+        refused(&["principals = []"], "elevations[0].principals");
+        refused(
+            &["principals = [\"ok\", \"a,b\"]"],
+            "elevations[0].principals[1]",
+        );
+        refused(&["principals = [\"../x\"]"], "elevations[0].principals[0]");
+        refused(&["principals = [\"a b\"]"], "elevations[0].principals[0]");
+        refused(&["eligible_roles = []"], "elevations[0].eligible_roles");
+        let e = elevation_err(&["eligible_roles = [\"engineer\", \"admin\"]"]);
+        assert!(e.contains("elevations[0].eligible_roles[1]"), "{e}");
+        assert!(
+            e.contains("\"admin\" is not a role") && e.contains("engineer, oncall"),
+            "{e}"
+        );
+        refused(&["-eligible_roles"], "eligible_roles");
+    }
+
+    #[test]
+    fn elevation_durations() {
+        refused(&["-max_duration"], "max_duration");
+        refused(&["max_duration = \"0s\""], "max_duration");
+        refused(&["max_duration = \"30 minutes\""], "max_duration");
+        refused(&["use_within = \"0m\""], "use_within");
+        refused(&["pending_timeout = \"soon\""], "pending_timeout");
+        refused(&["require_recent_auth = \"0s\""], "require_recent_auth");
+    }
+
+    #[test]
+    fn elevation_approval_rule() {
+        refused(
+            &["approval = { groups = [\"security\"], count = 0 }"],
+            "elevations[0].approval.count",
+        );
+        refused(
+            &["approval = { groups = [\"security\"], count = -1 }"],
+            "count",
+        );
+        refused(
+            &["approval = { groups = [], count = 1 }"],
+            "elevations[0].approval.groups",
+        );
+        refused(
+            &["approval = { groups = [\"\"], count = 1 }"],
+            "elevations[0].approval.groups",
+        );
+        refused(&["approval = { groups = [\"s\"], cnt = 1 }"], "cnt");
+        // Nobody could ever grant it.
+        let e = elevation_err(&["-approval"]);
+        assert!(
+            e.contains("elevations[0].approval") && e.contains("nobody could ever grant"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn elevation_auto_approve() {
+        let e = elevation_err(&["auto_approve = {}"]);
+        assert!(
+            e.contains("elevations[0].auto_approve") && e.contains("no condition"),
+            "{e}"
+        );
+        refused(
+            &["auto_approve = { groups = [] }"],
+            "elevations[0].auto_approve.groups",
+        );
+        refused(&["auto_approve = { group = [\"x\"] }"], "group");
+        let e = elevation_err(&["auto_approve = { reason_matches = \"INC-(\" }"]);
+        assert!(
+            e.contains("elevations[0].auto_approve.reason_matches")
+                && e.contains("not a valid regular expression"),
+            "{e}"
+        );
+        // Valid only once wrapped in ^(?:…)$: refused, the anchors must hold.
+        refused(
+            &["auto_approve = { reason_matches = \"a)|(b\" }"],
+            "elevations[0].auto_approve.reason_matches",
+        );
+    }
+
+    #[test]
+    fn elevation_hours() {
+        let hours = |days: &str, from: &str, to: &str, tz: &str| {
+            format!("auto_approve = {{ hours = {{ days = \"{days}\", from = \"{from}\", to = \"{to}\", tz = \"{tz}\" }} }}")
+        };
+        let key = "elevations[0].auto_approve.hours.";
+        for bad in ["Mon-Fry", "", "Fri-Mon", "mon", "Mon;Tue"] {
+            refused(
+                &[&hours(bad, "08:00", "18:00", "UTC")],
+                &format!("{key}days"),
+            );
+        }
+        for bad in ["8:00", "24:00", "08:60", "08h00"] {
+            refused(&[&hours("Mon", bad, "18:00", "UTC")], &format!("{key}from"));
+        }
+        for bad in ["25:00", "18:0"] {
+            refused(&[&hours("Mon", "08:00", bad, "UTC")], &format!("{key}to"));
+        }
+        let e = elevation_err(&[&hours("Mon", "18:00", "08:00", "UTC")]);
+        assert!(
+            e.contains(&format!("{key}to")) && e.contains("not after"),
+            "{e}"
+        );
+        for bad in ["Mars/Olympus", "CEST+2", "", "../../etc/passwd"] {
+            refused(&[&hours("Mon", "08:00", "18:00", bad)], &format!("{key}tz"));
+        }
+        refused(
+            &["auto_approve = { hours = { days = \"Mon\", from = \"08:00\", to = \"18:00\" } }"],
+            "tz",
+        );
+        refused(&["auto_approve = { hours = { days = \"Mon\", from = \"08:00\", to = \"18:00\", tz = \"UTC\", dst = true } }"], "dst");
+    }
+
+    #[test]
+    fn elevation_unknown_key() {
+        refused(&["approvers = [\"x\"]"], "approvers");
     }
 }

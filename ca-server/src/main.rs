@@ -72,7 +72,44 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Policy tools (read the configuration only, never the store).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
 }
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Say which rule grants or refuses a base certificate and an elevation, and why.
+    ///
+    /// Exits 0 when granted or pending approval, 4 when refused. The requester is assumed to
+    /// have just signed in through the browser.
+    ///
+    /// Example: pedm-ca policy explain --config ca.toml --user alice --groups eng,oncall --elevation db-admin --reason INC-1234 --at 2024-03-29T09:00:00+01:00
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// The username, as the username claim would carry it.
+        #[arg(long)]
+        user: String,
+        /// The IdP groups, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        groups: Vec<String>,
+        /// An elevation to explain a request for.
+        #[arg(long)]
+        elevation: Option<String>,
+        /// The request's reason.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The time to decide at (RFC 3339, e.g. 2024-03-29T09:00:00Z); default now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+/// Exit code when `policy explain` finds the request refused (as `pedm-ssh` uses for denied).
+const EXIT_REFUSED: i32 = 4;
 
 #[derive(Subcommand)]
 enum AuditCommand {
@@ -238,6 +275,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "{v}")?;
             }
             out.flush()?;
+            Ok(())
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    config,
+                    user,
+                    groups,
+                    elevation,
+                    reason,
+                    at,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let at = match at {
+                Some(text) => text
+                    .parse::<jiff::Timestamp>()
+                    .with_context(|| {
+                        format!("--at {text:?}: not an RFC 3339 time like 2024-03-29T09:00:00Z")
+                    })?
+                    .as_second(),
+                None => jiff::Timestamp::now().as_second(),
+            };
+            let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            let explanation = pedm_ca::elevation::explain(
+                &config.policy(),
+                &config.elevations(),
+                &user,
+                &groups,
+                elevation.as_deref(),
+                reason.as_deref(),
+                at,
+            );
+            let mut out = std::io::stdout().lock();
+            write!(out, "{explanation}")?;
+            out.flush()?;
+            if explanation.verdict() == pedm_ca::elevation::Verdict::Refused {
+                std::process::exit(EXIT_REFUSED);
+            }
             Ok(())
         }
     }

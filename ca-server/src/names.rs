@@ -83,11 +83,57 @@ impl fmt::Display for Username {
     }
 }
 
+/// An elevation request's ID: 12 characters of `[a-z0-9]`, made by the CA from the OS
+/// random source. It appears in key IDs (`elev=ID`) and URL paths, so nothing else is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ElevationId(String);
+
+impl ElevationId {
+    pub const LEN: usize = 12;
+
+    /// A new random ID (about 62 bits).
+    pub fn random() -> Self {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::rngs::OsRng;
+        ElevationId(
+            (0..Self::LEN)
+                .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+                .collect(),
+        )
+    }
+
+    /// Parses an ID given by a client; anything but 12 of `[a-z0-9]` is refused.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == Self::LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .then(|| ElevationId(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ElevationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A certificate key ID. Only these shapes exist; nothing user-supplied goes in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyId {
     /// `USER serial=N`
     User { user: Username, serial: u64 },
+    /// `USER serial=N elev=ID`
+    Elevated {
+        user: Username,
+        serial: u64,
+        elevation: ElevationId,
+    },
     /// `break-glass serial=N`
     BreakGlass { serial: u64 },
 }
@@ -96,6 +142,11 @@ impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyId::User { user, serial } => write!(f, "{user} serial={serial}"),
+            KeyId::Elevated {
+                user,
+                serial,
+                elevation,
+            } => write!(f, "{user} serial={serial} elev={elevation}"),
             KeyId::BreakGlass { serial } => write!(f, "break-glass serial={serial}"),
         }
     }
@@ -167,5 +218,33 @@ mod tests {
             KeyId::BreakGlass { serial: 9 }.to_string(),
             "break-glass serial=9"
         );
+        let elevation = ElevationId::parse("abc123def456").unwrap();
+        assert_eq!(
+            KeyId::Elevated {
+                user: Username::new("bob").unwrap(),
+                serial: 3,
+                elevation
+            }
+            .to_string(),
+            "bob serial=3 elev=abc123def456"
+        );
+    }
+
+    #[test]
+    fn elevation_ids() {
+        let a = ElevationId::random();
+        assert_eq!(ElevationId::parse(a.as_str()), Some(a.clone()));
+        assert_ne!(a, ElevationId::random());
+        for bad in [
+            "",
+            "abc",
+            "ABC123DEF456",
+            "abc123def45!",
+            "abc123def4567",
+            "abc 23def456",
+            "../../x/abcd",
+        ] {
+            assert_eq!(ElevationId::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -225,9 +225,11 @@ impl RelyingParty {
     }
 
     /// Makes an authorization request for `redirect_uri` (already checked by the caller).
+    /// With `reauth`, `max_age=0` makes the IdP authenticate the user again.
     pub async fn authorization(
         &self,
         redirect_uri: &str,
+        reauth: bool,
     ) -> Result<AuthorizationRequest, OidcError> {
         let d = self.discovered().await?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
@@ -244,7 +246,7 @@ impl RelyingParty {
                 move || Nonce::new(nonce_for_fn),
             )
             .set_pkce_challenge(challenge)
-            .set_max_age(self.settings.max_age)
+            .set_max_age(self.max_age(reauth))
             .set_redirect_uri(Cow::Owned(redirect));
         for s in SCOPES {
             req = req.add_scope(Scope::new(s.to_string()));
@@ -258,13 +260,22 @@ impl RelyingParty {
         })
     }
 
-    /// Exchanges the code and verifies the ID token it brings.
+    fn max_age(&self, reauth: bool) -> Duration {
+        if reauth {
+            Duration::ZERO
+        } else {
+            self.settings.max_age
+        }
+    }
+
+    /// Exchanges the code and verifies the ID token it brings; `reauth` as at authorization.
     pub async fn redeem(
         &self,
         code: &str,
         redirect_uri: &str,
         pkce_verifier: &str,
         nonce: &str,
+        reauth: bool,
     ) -> Result<VerifiedIdentity, OidcError> {
         let d = self.discovered().await?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
@@ -295,10 +306,11 @@ impl RelyingParty {
             .id_token()
             .ok_or_else(|| OidcError::IdToken("the token response has no id_token".into()))?
             .clone();
-        match self.verify(&d, &id_token, nonce) {
+        let max_age = self.max_age(reauth);
+        match self.verify(&d, &id_token, nonce, max_age) {
             Err(VerifyFailure::UnknownKey) => {
                 let d = self.refetch_jwks(&d).await?;
-                match self.verify(&d, &id_token, nonce) {
+                match self.verify(&d, &id_token, nonce, max_age) {
                     Ok(v) => Ok(v),
                     Err(VerifyFailure::UnknownKey) => Err(OidcError::IdToken(
                         "it is signed by a key the issuer does not publish".into(),
@@ -343,6 +355,7 @@ impl RelyingParty {
         d: &Discovered,
         id_token: &CoreIdToken,
         nonce: &str,
+        max_age: Duration,
     ) -> Result<VerifiedIdentity, VerifyFailure> {
         let verifier = d
             .client
@@ -369,10 +382,10 @@ impl RelyingParty {
                     "auth_time lies in the future".into(),
                 ));
             }
-            if now - t > self.settings.max_age.as_secs() as i64 + skew {
+            if now - t > max_age.as_secs() as i64 + skew {
                 return Err(VerifyFailure::Refused(format!(
                     "the sign-in it reports is older than max_age ({})",
-                    pedm_api::duration::format(self.settings.max_age)
+                    pedm_api::duration::format(max_age)
                 )));
             }
         }

@@ -53,6 +53,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let state = Arc::new(AppState {
+        elevations: config.elevations(),
         rp,
         policy: config.policy(),
         authority,
@@ -67,6 +68,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     println!("listening on {addr}");
 
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let s = state.clone();
+                let r =
+                    tokio::task::spawn_blocking(move || crate::http::elevations::sweep(&s)).await;
+                if let Ok(Err(e)) = r {
+                    tracing::error!("recording elevation time-outs failed: {e}");
+                }
+            }
+        })
+    };
     let refresher = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -115,6 +130,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     refresher.abort();
+    sweeper.abort();
     let s = state.clone();
     tokio::task::spawn_blocking(move || s.authority.checkpoint()).await??;
     tracing::info!("stopped; audit checkpoint written");

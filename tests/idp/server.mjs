@@ -78,6 +78,7 @@ user('hostile-root', ['eng'], { preferred_username: 'root' });
 user('hostile-comma', ['eng'], { preferred_username: 'alice,root' });
 user('hostile-dots', ['eng'], { preferred_username: '../x' });
 user('hostile-newline', ['eng'], { preferred_username: 'eve\nroot' });
+user('hostile-dbadmin', ['eng'], { preferred_username: 'db-admin' });
 const ACCOUNTS = new Map(Object.values(USERS).map((u) => [u.sub, u]));
 
 let provider; // set once listening; no request can arrive before the ready line

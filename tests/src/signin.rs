@@ -17,6 +17,11 @@ pub const CLIENT_SECRET: &str = "e2e-client-secret-0123456789";
 
 /// Roles of the tests: `eng` → engineer (own name, 4m), `security` → security (own name).
 pub fn ca_oidc_config(issuer: &str, secret_file: &Path) -> String {
+    ca_oidc_config_with_admin(issuer, secret_file, "")
+}
+
+/// [`ca_oidc_config`] with more keys in its `[admin]` table.
+pub fn ca_oidc_config_with_admin(issuer: &str, secret_file: &Path, admin_extra: &str) -> String {
     format!(
         r#"
 [oidc]
@@ -40,9 +45,17 @@ name = "security"
 groups = ["security"]
 principals = ["{{username}}"]
 
+[admin]
+groups = ["security"]
+{admin_extra}
+
 [[elevations]]
 name = "db-admin"
 principals = ["db-admin"]
+eligible_roles = ["engineer"]
+max_duration = "30m"
+approval = {{ groups = ["security"], count = 1 }}
+auto_approve = {{ groups = ["oncall"], reason_matches = "INC-[0-9]+" }}
 "#,
         secret = toml_string(secret_file)
     )
@@ -60,6 +73,17 @@ pub struct SignInSetup {
 impl SignInSetup {
     /// `None`: skip (no Node.js outside CI).
     pub fn start() -> Result<Option<SignInSetup>> {
+        Self::start_with("")
+    }
+
+    /// [`SignInSetup::start`] with more CA configuration appended (`[[elevations]]` tables,
+    /// say; top-level keys cannot be added this way).
+    pub fn start_with(extra_toml: &str) -> Result<Option<SignInSetup>> {
+        Self::start_with_admin("", extra_toml)
+    }
+
+    /// [`SignInSetup::start_with`] with more keys in `[admin]` (`approver_recent_auth`).
+    pub fn start_with_admin(admin_extra: &str, extra_toml: &str) -> Result<Option<SignInSetup>> {
         if !idp::node_available()? {
             return Ok(None);
         }
@@ -76,7 +100,10 @@ impl SignInSetup {
         let secret_file = dir.path().join("client-secret");
         std::fs::write(&secret_file, CLIENT_SECRET)?;
         std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
-        let server = ca.serve(&ca_oidc_config(&proxy.url(), &secret_file))?;
+        let server = ca.serve(&format!(
+            "{}\n{extra_toml}",
+            ca_oidc_config_with_admin(&proxy.url(), &secret_file, admin_extra)
+        ))?;
         Ok(Some(SignInSetup {
             server,
             proxy,
@@ -165,4 +192,104 @@ pub fn cli_login(ca_url: &str, home: &Path, key: &Path, login: &str) -> Result<O
         stdout: out.stdout,
         stderr: err.into_bytes(),
     })
+}
+
+/// A JSON call to the CA: status and body (a problem document on refusals).
+pub fn call(
+    server: &CaServer,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("HTTP client");
+    let url = format!("{}{path}", server.url());
+    let mut req = match method {
+        "GET" => client.get(&url),
+        _ => client.post(&url),
+    };
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().expect("CA request");
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, v)
+}
+
+/// The last segment of a problem document's type URI.
+pub fn problem_slug(v: &serde_json::Value) -> String {
+    v["type"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("urn:pedm-ssh:problem:"))
+        .unwrap_or("(not a problem document)")
+        .to_string()
+}
+
+/// Signs `login` in over the API as the CLI does (start, IdP, finish), optionally asking the
+/// IdP to authenticate again; returns the session token.
+pub fn api_login(server: &CaServer, login: &str, reauth: bool) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let secret: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let hash: String = Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let redirect_uri = format!(
+        "http://127.0.0.1:{}/callback",
+        40_000 + rand::random::<u16>() % 20_000
+    );
+    let (status, start) = call(
+        server,
+        "POST",
+        "/v1/auth/oidc/start",
+        Some(&serde_json::json!({
+            "redirect_uri": redirect_uri,
+            "login_secret_sha256": hash,
+            "reauth": reauth,
+        })),
+        None,
+    );
+    if status != 200 {
+        bail!("start: {status} {start}");
+    }
+    let url = start["authorization_url"]
+        .as_str()
+        .context("authorization_url")?;
+    let cb = idp::browser_login(url, login)?;
+    let q = |k: &str| {
+        cb.query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+    };
+    let (status, v) = call(
+        server,
+        "POST",
+        "/v1/auth/oidc/finish",
+        Some(&serde_json::json!({
+            "code": q("code").context("no code on the callback")?,
+            "state": q("state").context("no state on the callback")?,
+            "iss": q("iss"),
+            "login_secret": secret,
+        })),
+        None,
+    );
+    if status != 200 {
+        bail!("finish for {login}: {status} {v}");
+    }
+    Ok(v["session_token"]
+        .as_str()
+        .context("session_token")?
+        .to_string())
 }

@@ -76,7 +76,7 @@ pub async fn start(
     login::check_secret_hash(&req.login_secret_sha256)
         .map_err(|e| ApiError::new(ProblemType::InvalidRequest, e.to_string()))?;
     let auth = rp
-        .authorization(&req.redirect_uri)
+        .authorization(&req.redirect_uri, req.reauth)
         .await
         .map_err(|e| oidc_problem(&e))?;
     let now = now_secs();
@@ -86,6 +86,7 @@ pub async fn start(
         redirect_uri: req.redirect_uri,
         nonce: auth.nonce,
         pkce_verifier: auth.pkce_verifier,
+        reauth: req.reauth,
         created_at: now,
         expires_at: now + login::PENDING_LOGIN_SECS,
     };
@@ -95,7 +96,7 @@ pub async fn start(
             "anonymous",
             "login.start",
             format!("login={}", &pending.state[..16]),
-            json!({ "redirect_uri": pending.redirect_uri, "expires_at": pending.expires_at }),
+            json!({ "redirect_uri": pending.redirect_uri, "expires_at": pending.expires_at, "reauth": pending.reauth }),
         );
         s.authority
             .store
@@ -168,6 +169,7 @@ pub async fn finish(
             &pending.redirect_uri,
             &pending.pkce_verifier,
             &pending.nonce,
+            pending.reauth,
         )
         .await
     {

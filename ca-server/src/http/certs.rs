@@ -1,18 +1,24 @@
 //! `POST /v1/certs` and `GET /v1/session`.
 
 use super::auth::SignedIn;
+use super::elevations::{actor, store_problem};
 use super::error::{ApiError, ApiJson};
 use super::routes::blocking;
 use super::SharedState;
 use crate::audit::AuditEvent;
 use crate::authority::now_secs;
+use crate::authority::{BaseIssue, ElevatedGrant};
 use crate::cert::{parse_user_key, KeyRefusal};
-use crate::names::Username;
+use crate::elevation::{self, Times};
+use crate::names::{ElevationId, Principal, Username};
 use crate::policy::Identity;
 use crate::store::CertKind;
+use crate::store::{DecisionRow, ElevationChange, ElevationRow};
 use axum::extract::State;
 use axum::Json;
-use pedm_api::{CertRequest, CertResponse, IssuedCert, ProblemType, SessionInfo};
+use pedm_api::{
+    CertRequest, CertResponse, ElevatedCert, ElevationState, IssuedCert, ProblemType, SessionInfo,
+};
 use serde_json::json;
 
 /// `POST /v1/certs`: a base certificate for the session's user on the given public key.
@@ -66,38 +72,147 @@ pub async fn issue(
         }
     };
     let skew = state.config.certs.clock_skew.0.as_secs();
-    let issued = blocking(&state, move |s| {
-        let now = now_secs().max(0) as u64;
+    let Some(elevation_text) = req.elevation_id.clone() else {
+        let issued = blocking(&state, move |s| {
+            let now = now_secs().max(0) as u64;
+            let session_end = session.expires_at.max(0) as u64;
+            let window = crate::cert::validity(now, grant.ttl.as_secs(), skew, &[session_end]);
+            s.authority
+                .issue(
+                    CertKind::Base,
+                    &session.user,
+                    Some(&username),
+                    &key,
+                    &grant.principals,
+                    &grant.extensions,
+                    window,
+                    Some(session.id.clone()),
+                    json!({ "roles": grant.roles, "session": &session.id[..16] }),
+                )
+                .map_err(|e| ApiError::internal("issuing the certificate", e))
+        })
+        .await?;
+        state.metrics.issued("base");
+        return Ok(Json(CertResponse {
+            elevation: None,
+            base: issued_cert(issued),
+            ca_time: now_secs(),
+        }));
+    };
+    let elevation_id = ElevationId::parse(&elevation_text).ok_or_else(|| {
+        ApiError::new(
+            ProblemType::NotFound,
+            "no such elevation request (IDs are 12 letters and digits); nothing was issued",
+        )
+    })?;
+    let who = actor(&state, &session);
+    let (base, elevated, name) = blocking(&state, move |s| {
+        let now = now_secs();
         let session_end = session.expires_at.max(0) as u64;
-        let window = crate::cert::validity(now, grant.ttl.as_secs(), skew, &[session_end]);
-        s.authority
-            .issue(
-                CertKind::Base,
-                &session.user,
-                Some(&username),
-                &key,
-                &grant.principals,
-                &grant.extensions,
-                window,
-                Some(session.id.clone()),
-                json!({ "roles": grant.roles, "session": &session.id[..16] }),
-            )
-            .map_err(|e| ApiError::internal("issuing the certificate", e))
+        let window =
+            crate::cert::validity(now.max(0) as u64, grant.ttl.as_secs(), skew, &[session_end]);
+        let mut name = String::new();
+        let mut decide = |row: &ElevationRow,
+                          _: &[DecisionRow]|
+         -> Result<ElevatedGrant, crate::store::Rejection> {
+            if row.requester != who.user {
+                // Someone else's request: the same answer as an unknown one.
+                return Err("no such elevation request of yours".into());
+            }
+            let e = s
+                .elevations
+                .iter()
+                .find(|e| e.name == row.elevation)
+                .ok_or_else(|| -> crate::store::Rejection {
+                    format!("the elevation {} is no longer configured", row.elevation).into()
+                })?;
+            let t = Times {
+                created_at: row.created_at,
+                approved_at: row.approved_at,
+                started_at: row.started_at,
+                duration_secs: row.duration_secs,
+            };
+            let w = elevation::check_issue(e, row.state, &t, &row.requester, &who, now)?;
+            // What approvers saw, as far as the configuration still grants it.
+            let principals: Vec<Principal> = row
+                .principals
+                .iter()
+                .filter(|p| e.principals.iter().any(|q| q.as_str() == p.as_str()))
+                .filter_map(|p| Principal::new(p).ok())
+                .collect();
+            if principals.is_empty() {
+                return Err("the elevation no longer grants the principals it was approved for; request it again".into());
+            }
+            name = row.elevation.clone();
+            let activation = w.first_use.then(|| ElevationChange {
+                state: ElevationState::Active,
+                approved_at: row.approved_at,
+                started_at: Some(now),
+                ended_at: None,
+                decision: None,
+                event: AuditEvent::new(
+                    who.user.clone(),
+                    "elevation.activate",
+                    format!("elevation={}", row.id),
+                    json!({ "elevation": row.elevation, "ends_at": w.ends_at }),
+                ),
+            });
+            Ok(ElevatedGrant {
+                principals,
+                ends_at: w.ends_at,
+                activation,
+            })
+        };
+        let base = BaseIssue {
+            user: &username,
+            public_key: &key,
+            principals: &grant.principals,
+            extensions: &grant.extensions,
+            window,
+            session: &session.id,
+            details: json!({ "roles": grant.roles, "session": &session.id[..16] }),
+        };
+        let (b, e) = s
+            .authority
+            .issue_with_elevation(&base, &elevation_id, &mut decide)
+            .map_err(|e| match e {
+                crate::authority::CaError::Store(inner) => {
+                    store_problem("issuing the elevated certificate", inner)
+                }
+                other => ApiError::internal("issuing the elevated certificate", other),
+            })?;
+        Ok((b, e, name))
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        if e.kind == ProblemType::Conflict && e.detail.starts_with("no such elevation request") {
+            ApiError::new(ProblemType::NotFound, format!("{}; nothing was issued", e.detail))
+        } else {
+            e
+        }
+    })?;
     state.metrics.issued("base");
+    state.metrics.issued("elevated");
     Ok(Json(CertResponse {
-        elevation: None,
-        base: IssuedCert {
-            certificate: issued.row.certificate,
-            serial: issued.row.serial,
-            key_id: issued.row.key_id,
-            principals: issued.principals,
-            valid_after: issued.row.valid_after,
-            valid_before: issued.row.valid_before,
-        },
+        elevation: Some(ElevatedCert {
+            elevation_id: elevation_text,
+            elevation: name,
+            cert: issued_cert(elevated),
+        }),
+        base: issued_cert(base),
         ca_time: now_secs(),
     }))
+}
+
+fn issued_cert(i: crate::authority::Issued) -> IssuedCert {
+    IssuedCert {
+        certificate: i.row.certificate,
+        serial: i.row.serial,
+        key_id: i.row.key_id,
+        principals: i.principals,
+        valid_after: i.row.valid_after,
+        valid_before: i.row.valid_before,
+    }
 }
 
 /// `GET /v1/session`: who the caller is signed in as.

@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod certs;
+pub mod elevations;
 pub mod error;
 mod routes;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The OpenID Connect relying party, when `[oidc]` is configured.
     pub rp: Option<crate::oidc::RelyingParty>,
+    /// The configured elevations, validated.
+    pub elevations: Vec<crate::elevation::Elevation>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -42,6 +45,15 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/session", get(certs::session))
         .route("/v1/certs", post(certs::issue))
+        .route(
+            "/v1/elevations",
+            post(elevations::request).get(elevations::list),
+        )
+        .route("/v1/elevations/{id}", get(elevations::show))
+        .route("/v1/elevations/{id}/approve", post(elevations::approve))
+        .route("/v1/elevations/{id}/deny", post(elevations::deny))
+        .route("/v1/elevations/{id}/cancel", post(elevations::cancel))
+        .route("/v1/elevations/{id}/revoke", post(elevations::revoke))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

@@ -24,7 +24,14 @@ pub enum StoreError {
     Cert(#[from] CertError),
     #[error("{0}")]
     Other(String),
+    /// A decision made inside a transaction (by policy) refused the change; nothing was
+    /// written. The HTTP layer downcasts it to the policy's refusal.
+    #[error("{0}")]
+    Rejected(Rejection),
 }
+
+/// A refusal from a closure running inside a store transaction.
+pub type Rejection = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -67,6 +74,7 @@ pub struct BundleRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertKind {
     Base,
+    Elevated,
     BreakGlass,
 }
 
@@ -74,6 +82,7 @@ impl CertKind {
     pub fn as_str(self) -> &'static str {
         match self {
             CertKind::Base => "base",
+            CertKind::Elevated => "elevated",
             CertKind::BreakGlass => "break-glass",
         }
     }
@@ -91,6 +100,8 @@ pub struct IssueIntent {
     pub ca_key: String,
     /// SHA-256 hex of the session token, for base certificates.
     pub session: Option<String>,
+    /// The elevation an elevated certificate carries.
+    pub elevation_id: Option<String>,
     /// Extra audit details (for example the break-glass reason).
     pub details: serde_json::Value,
 }
@@ -140,6 +151,8 @@ pub struct PendingLogin {
     pub redirect_uri: String,
     pub nonce: String,
     pub pkce_verifier: String,
+    /// The user asked to authenticate again (`max_age=0`).
+    pub reauth: bool,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -147,6 +160,71 @@ pub struct PendingLogin {
 /// Signs the bundle for an allocated version over the current key set.
 pub type BundleMaker<'a> =
     dyn FnMut(u64, &[CaKeyRow]) -> std::result::Result<BundleRow, String> + 'a;
+
+/// An elevation request as stored. `state` is what was last written; time-based transitions
+/// (timed out, lapsed, expired) are computed by the policy and written by the sweeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElevationRow {
+    pub id: String,
+    pub requester: String,
+    /// SHA-256 hex of the session that asked.
+    pub session_id: String,
+    pub elevation: String,
+    /// The principals the elevation granted when it was requested.
+    pub principals: Vec<String>,
+    pub reason: String,
+    pub duration_secs: u64,
+    pub state: pedm_api::ElevationState,
+    pub created_at: i64,
+    pub approved_at: Option<i64>,
+    pub started_at: Option<i64>,
+    /// When a final state was written.
+    pub ended_at: Option<i64>,
+}
+
+/// One decision on a request: `auto`, `approve`, `deny`, `cancel`, `revoke`, or a time-based
+/// `timed_out`, `lapsed`, `expired` written by the system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub elevation_id: String,
+    pub actor: String,
+    pub decision: String,
+    pub comment: Option<String>,
+    pub at: i64,
+}
+
+/// A state change of an elevation, with its audit record, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct ElevationChange {
+    pub state: pedm_api::ElevationState,
+    pub approved_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub decision: Option<DecisionRow>,
+    pub event: AuditEvent,
+}
+
+/// What an elevated certificate needs, decided inside the issuing transaction.
+#[derive(Debug, Clone)]
+pub struct ElevatedPlan {
+    pub intent: IssueIntent,
+    /// The first use: approved → active, the grant's clock starts.
+    pub activation: Option<ElevationChange>,
+    /// Unix seconds; the certificate's `valid_before` is at most this.
+    pub ends_at: i64,
+}
+
+/// Makes a certificate for an allocated serial.
+pub type CertSign<'a> = dyn FnMut(u64) -> std::result::Result<SignedCert, CertError> + 'a;
+/// Makes the elevated certificate for an allocated serial, bounded by the plan's end.
+pub type ElevatedSign<'a> =
+    dyn FnMut(u64, &ElevatedPlan) -> std::result::Result<SignedCert, CertError> + 'a;
+/// Decides, inside the transaction, what an elevated issuance may do.
+pub type ElevationPlanner<'a> =
+    dyn FnMut(&ElevationRow, &[DecisionRow]) -> std::result::Result<ElevatedPlan, Rejection> + 'a;
+/// Decides, inside the transaction, how a request changes (or refuses).
+pub type ElevationDecider<'a> = dyn FnMut(&ElevationRow, &[DecisionRow]) -> std::result::Result<ElevationChange, Rejection>
+    + 'a;
 
 /// Everything the CA persists.
 pub trait Store: Send + Sync {
@@ -165,11 +243,40 @@ pub trait Store: Send + Sync {
     fn publish_bundle(&self, actor: &str, make: &mut BundleMaker<'_>) -> Result<BundleRow>;
     /// Allocates a serial, has `sign` make the certificate for it, stores it with its audit
     /// record and commits; only then returns.
-    fn issue_certificate(
+    fn issue_certificate(&self, intent: &IssueIntent, sign: &mut CertSign<'_>)
+        -> Result<IssuedRow>;
+    /// Issues the base certificate and an elevation's certificate in one transaction. The
+    /// elevation is read and `plan` decides inside it, so a revoke, expiry or lapse racing
+    /// the issue cannot leak a certificate; a first use activates the elevation.
+    fn issue_with_elevation(
         &self,
-        intent: &IssueIntent,
-        sign: &mut dyn FnMut(u64) -> std::result::Result<SignedCert, CertError>,
-    ) -> Result<IssuedRow>;
+        base: &IssueIntent,
+        sign_base: &mut CertSign<'_>,
+        elevation_id: &str,
+        plan: &mut ElevationPlanner<'_>,
+        sign_elevated: &mut ElevatedSign<'_>,
+    ) -> Result<(IssuedRow, IssuedRow)>;
+    /// Stores a new request, with the policy's automatic approval if it gave one.
+    fn create_elevation(
+        &self,
+        row: &ElevationRow,
+        decision: Option<&DecisionRow>,
+        events: &[AuditEvent],
+    ) -> Result<()>;
+    fn elevation(&self, id: &str) -> Result<Option<(ElevationRow, Vec<DecisionRow>)>>;
+    /// A user's requests created at or after `since`, newest first.
+    fn elevations_of(&self, user: &str, since: i64) -> Result<Vec<ElevationRow>>;
+    /// Every request whose stored state is pending, approved or active.
+    fn open_elevations(&self) -> Result<Vec<ElevationRow>>;
+    /// Reads the request and its decisions, lets `decide` choose the change, writes it with
+    /// its audit record; all in one transaction. `Ok(None)`: no such request.
+    fn change_elevation(
+        &self,
+        id: &str,
+        decide: &mut ElevationDecider<'_>,
+    ) -> Result<Option<ElevationRow>>;
+    /// Every request with its decisions created at or after `since` (reports).
+    fn elevations_since(&self, since: i64) -> Result<Vec<(ElevationRow, Vec<DecisionRow>)>>;
     /// Records an event that changes nothing else (a refusal, say).
     fn record(&self, event: &AuditEvent) -> Result<AuditRecord>;
     fn audit_head(&self) -> Result<Option<AuditRecord>>;

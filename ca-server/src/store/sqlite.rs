@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE trust_root (
     fingerprint TEXT PRIMARY KEY,
     public_key  TEXT NOT NULL,
@@ -86,7 +87,36 @@ CREATE TABLE audit_checkpoints (
     ca_key    TEXT NOT NULL,
     signature TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE elevations (
+    id            TEXT PRIMARY KEY,
+    requester     TEXT NOT NULL,
+    session_id    TEXT NOT NULL,
+    elevation     TEXT NOT NULL,
+    principals    TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    duration_secs INTEGER NOT NULL CHECK (duration_secs > 0),
+    state         TEXT NOT NULL CHECK (state IN ('pending','approved','active','expired','denied','cancelled','revoked','lapsed','timed_out')),
+    created_at    INTEGER NOT NULL,
+    approved_at   INTEGER,
+    started_at    INTEGER,
+    ended_at      INTEGER
+);
+CREATE INDEX elevations_requester ON elevations(requester, created_at);
+CREATE INDEX elevations_open ON elevations(state) WHERE state IN ('pending','approved','active');
+CREATE TABLE elevation_decisions (
+    elevation_id TEXT NOT NULL REFERENCES elevations(id),
+    actor        TEXT NOT NULL,
+    decision     TEXT NOT NULL,
+    comment      TEXT,
+    at           INTEGER NOT NULL
+);
+CREATE INDEX elevation_decisions_id ON elevation_decisions(elevation_id);
+ALTER TABLE certificates ADD COLUMN elevation_id TEXT REFERENCES elevations(id);
+ALTER TABLE pending_logins ADD COLUMN reauth INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// The SQLite store. One connection per process, used under a mutex: one writer, which
 /// later group commit batches.
@@ -186,6 +216,155 @@ impl SqliteStore {
         let conn = self.conn()?;
         f(&conn)
     }
+}
+
+/// Allocates the next serial inside `tx`, has `sign` make the certificate, and stores it with
+/// its audit record.
+fn insert_cert(
+    tx: &Transaction<'_>,
+    intent: &IssueIntent,
+    sign: &mut CertSign<'_>,
+) -> Result<IssuedRow> {
+    {
+        let serial: u64 = tx.query_row(
+            "SELECT COALESCE(MAX(serial), 0) + 1 FROM certificates",
+            [],
+            |r| r.get(0),
+        )?;
+        let signed = sign(serial)?;
+        let now = now_ms() / 1000;
+        tx.execute(
+                "INSERT INTO certificates (serial, kind, key_id, user, principals, public_key_fp, ca_key, session_id, valid_after, valid_before, issued_at, certificate, elevation_id)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+                params![
+                    serial,
+                    intent.kind.as_str(),
+                    signed.key_id,
+                    intent.user,
+                    to_json(&intent.principals),
+                    intent.public_key_fingerprint,
+                    intent.ca_key,
+                    intent.session,
+                    signed.valid_after,
+                    signed.valid_before,
+                    now,
+                    signed.certificate,
+                    intent.elevation_id
+                ],
+            )?;
+        let mut details = serde_json::json!({
+            "kind": intent.kind.as_str(),
+            "key_id": signed.key_id,
+            "user": intent.user,
+            "principals": intent.principals,
+            "public_key": intent.public_key_fingerprint,
+            "ca_key": intent.ca_key,
+            "valid_after": signed.valid_after,
+            "valid_before": signed.valid_before,
+        });
+        if let (Some(obj), Some(extra)) = (details.as_object_mut(), intent.details.as_object()) {
+            for (k, v) in extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        let action = match intent.kind {
+            CertKind::Base => "cert.issue",
+            CertKind::Elevated => "cert.elevated",
+            CertKind::BreakGlass => "cert.break-glass",
+        };
+        let rec = append(
+            tx,
+            &AuditEvent::new(
+                intent.actor.clone(),
+                action,
+                format!("serial={serial}"),
+                details,
+            ),
+        )?;
+        Ok(IssuedRow {
+            serial,
+            key_id: signed.key_id,
+            certificate: signed.certificate,
+            valid_after: signed.valid_after,
+            valid_before: signed.valid_before,
+            audit_seq: rec.seq,
+        })
+    }
+}
+
+const ELEVATION_COLUMNS: &str = "id, requester, session_id, elevation, principals, reason, duration_secs, state, created_at, approved_at, started_at, ended_at";
+
+fn elevation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ElevationRow> {
+    let state: String = r.get(7)?;
+    Ok(ElevationRow {
+        id: r.get(0)?,
+        requester: r.get(1)?,
+        session_id: r.get(2)?,
+        elevation: r.get(3)?,
+        principals: from_json(&r.get::<_, String>(4)?),
+        reason: r.get(5)?,
+        duration_secs: r.get(6)?,
+        state: state.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
+        })?,
+        created_at: r.get(8)?,
+        approved_at: r.get(9)?,
+        started_at: r.get(10)?,
+        ended_at: r.get(11)?,
+    })
+}
+
+fn read_decisions(c: &Connection, id: &str) -> Result<Vec<DecisionRow>> {
+    let mut st = c.prepare("SELECT elevation_id, actor, decision, comment, at FROM elevation_decisions WHERE elevation_id = ?1 ORDER BY rowid")?;
+    let rows = st
+        .query_map([id], |r| {
+            Ok(DecisionRow {
+                elevation_id: r.get(0)?,
+                actor: r.get(1)?,
+                decision: r.get(2)?,
+                comment: r.get(3)?,
+                at: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn read_elevation(c: &Connection, id: &str) -> Result<Option<(ElevationRow, Vec<DecisionRow>)>> {
+    let row = c
+        .query_row(
+            &format!("SELECT {ELEVATION_COLUMNS} FROM elevations WHERE id = ?1"),
+            [id],
+            elevation_row,
+        )
+        .optional()?;
+    match row {
+        Some(r) => {
+            let d = read_decisions(c, id)?;
+            Ok(Some((r, d)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn insert_decision(tx: &Transaction<'_>, d: &DecisionRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO elevation_decisions (elevation_id, actor, decision, comment, at) VALUES (?1,?2,?3,?4,?5)",
+        params![d.elevation_id, d.actor, d.decision, d.comment, d.at],
+    )?;
+    Ok(())
+}
+
+fn apply_change(tx: &Transaction<'_>, id: &str, change: &ElevationChange) -> Result<()> {
+    tx.execute(
+        "UPDATE elevations SET state = ?2, approved_at = ?3, started_at = ?4, ended_at = ?5 WHERE id = ?1",
+        params![id, change.state.as_str(), change.approved_at, change.started_at, change.ended_at],
+    )?;
+    if let Some(d) = &change.decision {
+        insert_decision(tx, d)?;
+    }
+    append(tx, &change.event)?;
+    Ok(())
 }
 
 /// Appends `event` to the chain inside `tx`, reading the head in the same transaction.
@@ -347,58 +526,103 @@ impl Store for SqliteStore {
     fn issue_certificate(
         &self,
         intent: &IssueIntent,
-        sign: &mut dyn FnMut(u64) -> std::result::Result<SignedCert, CertError>,
+        sign: &mut CertSign<'_>,
     ) -> Result<IssuedRow> {
+        self.write(|tx| insert_cert(tx, intent, sign))
+    }
+
+    fn issue_with_elevation(
+        &self,
+        base: &IssueIntent,
+        sign_base: &mut CertSign<'_>,
+        elevation_id: &str,
+        plan: &mut ElevationPlanner<'_>,
+        sign_elevated: &mut ElevatedSign<'_>,
+    ) -> Result<(IssuedRow, IssuedRow)> {
         self.write(|tx| {
-            let serial: u64 = tx.query_row("SELECT COALESCE(MAX(serial), 0) + 1 FROM certificates", [], |r| r.get(0))?;
-            let signed = sign(serial)?;
-            let now = now_ms() / 1000;
+            let (row, decisions) = read_elevation(tx, elevation_id)?
+                .ok_or_else(|| StoreError::Rejected("no such elevation request".into()))?;
+            let plan = plan(&row, &decisions).map_err(StoreError::Rejected)?;
+            if let Some(change) = &plan.activation {
+                apply_change(tx, &row.id, change)?;
+            }
+            let base_row = insert_cert(tx, base, sign_base)?;
+            let elevated =
+                insert_cert(tx, &plan.intent, &mut |serial| sign_elevated(serial, &plan))?;
+            Ok((base_row, elevated))
+        })
+    }
+
+    fn create_elevation(
+        &self,
+        row: &ElevationRow,
+        decision: Option<&DecisionRow>,
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(|tx| {
             tx.execute(
-                "INSERT INTO certificates (serial, kind, key_id, user, principals, public_key_fp, ca_key, session_id, valid_after, valid_before, issued_at, certificate)
+                "INSERT INTO elevations (id, requester, session_id, elevation, principals, reason, duration_secs, state, created_at, approved_at, started_at, ended_at)
                  VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
                 params![
-                    serial,
-                    intent.kind.as_str(),
-                    signed.key_id,
-                    intent.user,
-                    to_json(&intent.principals),
-                    intent.public_key_fingerprint,
-                    intent.ca_key,
-                    intent.session,
-                    signed.valid_after,
-                    signed.valid_before,
-                    now,
-                    signed.certificate
+                    row.id, row.requester, row.session_id, row.elevation, to_json(&row.principals), row.reason,
+                    row.duration_secs, row.state.as_str(), row.created_at, row.approved_at, row.started_at, row.ended_at
                 ],
             )?;
-            let mut details = serde_json::json!({
-                "kind": intent.kind.as_str(),
-                "key_id": signed.key_id,
-                "user": intent.user,
-                "principals": intent.principals,
-                "public_key": intent.public_key_fingerprint,
-                "ca_key": intent.ca_key,
-                "valid_after": signed.valid_after,
-                "valid_before": signed.valid_before,
-            });
-            if let (Some(obj), Some(extra)) = (details.as_object_mut(), intent.details.as_object()) {
-                for (k, v) in extra {
-                    obj.insert(k.clone(), v.clone());
-                }
+            if let Some(d) = decision {
+                insert_decision(tx, d)?;
             }
-            let action = match intent.kind {
-                CertKind::Base => "cert.issue",
-                CertKind::BreakGlass => "cert.break-glass",
+            for event in events {
+                append(tx, event)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn elevation(&self, id: &str) -> Result<Option<(ElevationRow, Vec<DecisionRow>)>> {
+        self.read(|c| read_elevation(c, id))
+    }
+
+    fn elevations_of(&self, user: &str, since: i64) -> Result<Vec<ElevationRow>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!("SELECT {ELEVATION_COLUMNS} FROM elevations WHERE requester = ?1 AND created_at >= ?2 ORDER BY created_at DESC, id"))?;
+            let rows = st.query_map(params![user, since], elevation_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn open_elevations(&self) -> Result<Vec<ElevationRow>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!("SELECT {ELEVATION_COLUMNS} FROM elevations WHERE state IN ('pending','approved','active') ORDER BY created_at, id"))?;
+            let rows = st.query_map([], elevation_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn change_elevation(
+        &self,
+        id: &str,
+        decide: &mut ElevationDecider<'_>,
+    ) -> Result<Option<ElevationRow>> {
+        self.write(|tx| {
+            let Some((row, decisions)) = read_elevation(tx, id)? else {
+                return Ok(None);
             };
-            let rec = append(tx, &AuditEvent::new(intent.actor.clone(), action, format!("serial={serial}"), details))?;
-            Ok(IssuedRow {
-                serial,
-                key_id: signed.key_id,
-                certificate: signed.certificate,
-                valid_after: signed.valid_after,
-                valid_before: signed.valid_before,
-                audit_seq: rec.seq,
-            })
+            let change = decide(&row, &decisions).map_err(StoreError::Rejected)?;
+            apply_change(tx, id, &change)?;
+            Ok(read_elevation(tx, id)?.map(|(r, _)| r))
+        })
+    }
+
+    fn elevations_since(&self, since: i64) -> Result<Vec<(ElevationRow, Vec<DecisionRow>)>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!("SELECT {ELEVATION_COLUMNS} FROM elevations WHERE created_at >= ?1 ORDER BY created_at, id"))?;
+            let rows = st.query_map([since], elevation_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|r| {
+                    let d = read_decisions(c, &r.id)?;
+                    Ok((r, d))
+                })
+                .collect()
         })
     }
 
@@ -507,8 +731,8 @@ impl Store for SqliteStore {
         self.write(|tx| {
             tx.execute("DELETE FROM pending_logins WHERE expires_at < ?1", [l.created_at])?;
             tx.execute(
-                "INSERT INTO pending_logins (state, secret_sha256, redirect_uri, nonce, pkce_verifier, created_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
-                params![l.state, l.secret_sha256, l.redirect_uri, l.nonce, l.pkce_verifier, l.created_at, l.expires_at],
+                "INSERT INTO pending_logins (state, secret_sha256, redirect_uri, nonce, pkce_verifier, created_at, expires_at, reauth) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+                params![l.state, l.secret_sha256, l.redirect_uri, l.nonce, l.pkce_verifier, l.created_at, l.expires_at, l.reauth],
             )?;
             append(tx, event)?;
             Ok(())
@@ -519,7 +743,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let row = tx
                 .query_row(
-                    "SELECT state, secret_sha256, redirect_uri, nonce, pkce_verifier, created_at, expires_at FROM pending_logins WHERE state = ?1",
+                    "SELECT state, secret_sha256, redirect_uri, nonce, pkce_verifier, created_at, expires_at, reauth FROM pending_logins WHERE state = ?1",
                     [state],
                     |r| {
                         Ok(PendingLogin {
@@ -530,6 +754,7 @@ impl Store for SqliteStore {
                             pkce_verifier: r.get(4)?,
                             created_at: r.get(5)?,
                             expires_at: r.get(6)?,
+                            reauth: r.get(7)?,
                         })
                     },
                 )
