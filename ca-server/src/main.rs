@@ -72,6 +72,20 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Usage report: per elevation and per principal, how often it was requested, approved
+    /// automatically or by a person, denied, lapsed, and how long grants lasted.
+    ///
+    /// Example: pedm-ca report --config /etc/pedm-ca/ca.toml --since 30d --json
+    Report {
+        #[arg(long)]
+        config: PathBuf,
+        /// How far back (requests created since then).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Policy tools (read the configuration only, never the store).
     Policy {
         #[command(subcommand)]
@@ -273,6 +287,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut v = serde_json::to_value(c)?;
                 v["type"] = "checkpoint".into();
                 writeln!(out, "{v}")?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        Command::Report {
+            config,
+            since,
+            json,
+        } => {
+            let config = Config::load(&config)?;
+            let since = pedm_api::duration::parse(&since).context("--since")?;
+            let now = authority::now_secs();
+            let from = now - since.as_secs() as i64;
+            let store = SqliteStore::open(&config.data_dir.join(DB_FILE))?;
+            let rows = store.elevations_since(from)?;
+            let elevations = config.elevations();
+            let states: Vec<pedm_api::ElevationState> = rows
+                .iter()
+                .map(
+                    |(r, _)| match elevations.iter().find(|e| e.name == r.elevation) {
+                        Some(e) => {
+                            pedm_ca::elevation::effective_state(
+                                r.state,
+                                &pedm_ca::elevation::Times {
+                                    created_at: r.created_at,
+                                    approved_at: r.approved_at,
+                                    started_at: r.started_at,
+                                    duration_secs: r.duration_secs,
+                                },
+                                e,
+                                now,
+                            )
+                            .0
+                        }
+                        None => r.state,
+                    },
+                )
+                .collect();
+            let entries: Vec<pedm_ca::report::Entry<'_>> = rows
+                .iter()
+                .zip(states)
+                .map(|((row, decisions), state_now)| pedm_ca::report::Entry {
+                    row,
+                    decisions,
+                    state_now,
+                })
+                .collect();
+            let report = pedm_ca::report::build(&entries, from, now);
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{report}")?;
             }
             out.flush()?;
             Ok(())
