@@ -78,7 +78,11 @@ pub fn check_issued(
 
 /// Writes `cert` to `PATH-cert.pub` (mode 0644, atomically) and returns what it holds.
 pub fn save(key_path: &Path, cert: &Certificate) -> Result<CertInfo, CertError> {
-    let path = paths::certificate_of(key_path);
+    save_at(paths::certificate_of(key_path), cert)
+}
+
+/// Writes `cert` to `path` (mode 0644, atomically) and returns what it holds.
+pub fn save_at(path: PathBuf, cert: &Certificate) -> Result<CertInfo, CertError> {
     let mut line = cert
         .to_openssh()
         .map_err(|e| CertError::Invalid(e.to_string()))?;
@@ -89,7 +93,11 @@ pub fn save(key_path: &Path, cert: &Certificate) -> Result<CertInfo, CertError> 
 
 /// Reads `PATH-cert.pub`; `Ok(None)` if there is none.
 pub fn load(key_path: &Path) -> Result<Option<CertInfo>, CertError> {
-    let path = paths::certificate_of(key_path);
+    load_at(paths::certificate_of(key_path))
+}
+
+/// Reads the certificate at `path`; `Ok(None)` if there is none.
+pub fn load_at(path: PathBuf) -> Result<Option<CertInfo>, CertError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The exit code table, as a literal so `concat!` can put it into every `--help`.
 macro_rules! exit_codes {
@@ -12,8 +13,9 @@ macro_rules! exit_codes {
   1  error (network, files, the CA failed, sign-in timed out)
   2  usage (wrong command line)
   3  sign-in needed (no session, or the session expired or was revoked): run `pedm-ssh login`
-  4  denied (no role, username refused, forbidden, or the identity provider said no)
-  5  pending (waiting for an approval; reserved)"
+  4  denied (no role, username refused, forbidden, the identity provider said no, or an
+     elevation was refused, denied, cancelled, revoked, timed out or lapsed)
+  5  pending (an elevation request waits for approval: `pedm-ssh elevate --fetch ID --wait`)"
     };
 }
 
@@ -39,6 +41,9 @@ certificate are also added to ssh-agent for the certificate's lifetime.",
   pedm-ssh cert                                  renew the certificate
   pedm-ssh status                                who am I, how long is left
   pedm-ssh logout                                revoke the session
+  pedm-ssh elevate db-admin --reason INC-1234 --for 15m --wait
+  pedm-ssh requests                              requests waiting for your decision
+  pedm-ssh approve ID                            show a request and approve it
 
 ",
         exit_codes!()
@@ -62,6 +67,7 @@ the key to ssh-agent when SSH_AUTH_SOCK is set.",
   pedm-ssh login --ca https://ca.example.com
   PEDM_CA=https://ca.example.com pedm-ssh login --no-browser
   pedm-ssh login --ca https://ca.example.com --key ~/.ssh/work_ed25519
+  pedm-ssh login --reauth        # authenticate again (an elevation or an approval needs a recent sign-in)
 
 ",
             exit_codes!()
@@ -98,6 +104,90 @@ the key to ssh-agent when SSH_AUTH_SOCK is set.",
         exit_codes!()
     ))]
     Logout(LogoutArgs),
+    /// Ask for a just-in-time elevation; fetch its certificate once approved.
+    #[command(
+        long_about = "Ask for an elevation (extra principals for a bounded time) with a reason. \
+When policy approves it at once, the elevated certificate is fetched right away and written as \
+PATH-elev-NAME-cert.pub beside the key (the base certificate PATH-cert.pub is renewed too and \
+survives the elevation); with SSH_AUTH_SOCK set both are added to ssh-agent, each for its own \
+remaining life. Otherwise the request ID is printed and pedm-ssh exits 5 (pending); with \
+--wait it polls the CA until a decision, then fetches. `--fetch ID` gets the certificate of an \
+approved or active elevation later. The grant's clock starts with its first certificate.",
+        after_help = concat!(
+            "Examples:
+  pedm-ssh elevate db-admin --reason INC-1234 --for 15m
+  pedm-ssh elevate db-admin --reason 'rotate replication password' --wait
+  pedm-ssh elevate --fetch k3j9x0q2m1ab            # after someone approved it
+  pedm-ssh elevate --fetch k3j9x0q2m1ab --wait     # wait for the decision, then fetch
+
+",
+            exit_codes!()
+        )
+    )]
+    Elevate(ElevateArgs),
+    /// List the pending elevation requests you may approve or deny.
+    #[command(after_help = concat!(
+        "Examples:
+  pedm-ssh requests
+  pedm-ssh requests --json | jq '.elevations[].id'
+
+",
+        exit_codes!()
+    ))]
+    Requests(RequestsArgs),
+    /// Show an elevation request and approve it (asks to confirm).
+    #[command(
+        long_about = "Fetch the request, show the requester, the elevation and its principals, \
+the reason, the duration and the requester's recent elevations, then ask `approve? [y/N]` on \
+the terminal. Without a terminal on stdin, --yes is required (exit 2 otherwise, and nothing is \
+sent).",
+        after_help = concat!(
+            "Examples:
+  pedm-ssh approve k3j9x0q2m1ab
+  pedm-ssh approve k3j9x0q2m1ab --comment 'matches INC-1234' --yes
+
+",
+            exit_codes!()
+        )
+    )]
+    Approve(ApproveArgs),
+    /// Deny an elevation request (a comment is required).
+    #[command(after_help = concat!(
+        "Examples:
+  pedm-ssh deny k3j9x0q2m1ab --comment 'use the read-only role for this'
+
+",
+        exit_codes!()
+    ))]
+    Deny(DenyArgs),
+    /// Cancel your own elevation request or grant.
+    #[command(after_help = concat!(
+        "Examples:
+  pedm-ssh cancel k3j9x0q2m1ab
+
+",
+        exit_codes!()
+    ))]
+    Cancel(CancelArgs),
+    /// End an elevation early (approvers and admins).
+    #[command(after_help = concat!(
+        "Examples:
+  pedm-ssh revoke k3j9x0q2m1ab --comment 'incident closed'
+
+",
+        exit_codes!()
+    ))]
+    Revoke(RevokeArgs),
+    /// List your elevations with their state and time left.
+    #[command(after_help = concat!(
+        "Examples:
+  pedm-ssh elevations
+  pedm-ssh elevations --json
+
+",
+        exit_codes!()
+    ))]
+    Elevations(ElevationsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +202,10 @@ pub struct LoginArgs {
     /// Do not open a browser: print the sign-in URL alone on one line of stderr and wait.
     #[arg(long)]
     pub no_browser: bool,
+    /// Make the identity provider authenticate you again even if it has a session
+    /// (`max_age=0`), for elevations and approvals that need a recent sign-in.
+    #[arg(long)]
+    pub reauth: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +239,129 @@ pub struct LogoutArgs {
     pub local_only: bool,
 }
 
+/// `--for` and `--timeout`: a whole number and one unit of s, m, h or d.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    pedm_api::duration::parse(text).map_err(|e| e.to_string())
+}
+
+/// An elevation ID: letters and digits, as `pedm-ssh requests` and `elevations` show.
+fn parse_id(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(text.to_string())
+    } else {
+        Err("an elevation ID is letters and digits, as `pedm-ssh requests` and `pedm-ssh elevations` show".into())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ElevateArgs {
+    /// The elevation to ask for, as your CA names it (e.g. db-admin).
+    #[arg(
+        value_name = "ELEVATION",
+        required_unless_present = "fetch",
+        conflicts_with = "fetch"
+    )]
+    pub elevation: Option<String>,
+    /// Why you need it: 1-200 printable characters (shown to approvers and audited).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        required_unless_present = "fetch",
+        conflicts_with = "fetch"
+    )]
+    pub reason: Option<String>,
+    /// How long the grant lasts once first used, e.g. 15m [default: the elevation's maximum].
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, conflicts_with = "fetch")]
+    pub duration: Option<Duration>,
+    /// Wait for the decision (polling the CA), then fetch the certificate.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up (exit 1) after this long [default: the request's deadline].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "wait")]
+    pub timeout: Option<Duration>,
+    /// Fetch the certificate of this approved or active elevation instead of asking anew.
+    #[arg(long, value_name = "ID", value_parser = parse_id)]
+    pub fetch: Option<String>,
+    /// Private key to certify [default: the one used at sign-in].
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+    /// CA URL [default: the one saved at sign-in].
+    #[arg(long, env = "PEDM_CA", value_name = "URL")]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestsArgs {
+    /// Print the CA's answer as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// CA URL [default: the one saved at sign-in].
+    #[arg(long, env = "PEDM_CA", value_name = "URL")]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ElevationsArgs {
+    /// Print the CA's answer as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// CA URL [default: the one saved at sign-in].
+    #[arg(long, env = "PEDM_CA", value_name = "URL")]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The request ID (from `pedm-ssh requests`).
+    #[arg(value_name = "ID", value_parser = parse_id)]
+    pub id: String,
+    /// A note for the audit log and the requester.
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Do not ask; required when stdin is not a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// CA URL [default: the one saved at sign-in].
+    #[arg(long, env = "PEDM_CA", value_name = "URL")]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    /// The request ID (from `pedm-ssh requests`).
+    #[arg(value_name = "ID", value_parser = parse_id)]
+    pub id: String,
+    /// Why not (required; the requester sees it).
+    #[arg(long, value_name = "TEXT", required = true)]
+    pub comment: String,
+    /// CA URL [default: the one saved at sign-in].
+    #[arg(long, env = "PEDM_CA", value_name = "URL")]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The request ID (from `pedm-ssh elevations`).
+    #[arg(value_name = "ID", value_parser = parse_id)]
+    pub id: String,
+    /// CA URL [default: the one saved at sign-in].
+    #[arg(long, env = "PEDM_CA", value_name = "URL")]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The elevation ID.
+    #[arg(value_name = "ID", value_parser = parse_id)]
+    pub id: String,
+    /// Why it ends early (for the audit log and the requester).
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// CA URL [default: the one saved at sign-in].
+    #[arg(long, env = "PEDM_CA", value_name = "URL")]
+    pub ca: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,7 +377,19 @@ mod tests {
         let mut cmd = Cli::command();
         let main_help = cmd.render_long_help().to_string();
         assert!(main_help.contains(EXIT_CODES), "{main_help}");
-        for sub in ["login", "cert", "status", "logout"] {
+        for sub in [
+            "login",
+            "cert",
+            "status",
+            "logout",
+            "elevate",
+            "requests",
+            "approve",
+            "deny",
+            "cancel",
+            "revoke",
+            "elevations",
+        ] {
             let mut c = Cli::command();
             let s = c
                 .find_subcommand_mut(sub)

@@ -60,6 +60,24 @@ pub fn escape_list(items: &[String]) -> String {
         .join(", ")
 }
 
+/// Pretty JSON of `value` that is as safe on a terminal as [`escape`]'s output: serde_json
+/// escapes C0 controls inside strings but writes DEL, C1 controls and layout characters
+/// raw, so those are rewritten as `\uXXXX` (the same JSON value). Raw newlines remain only
+/// as the pretty-printer's own line breaks between tokens.
+pub fn to_json_pretty<T: serde::Serialize>(value: &T) -> Result<String, serde_json::Error> {
+    let text = serde_json::to_string_pretty(value)?;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\n' && (c.is_control() || is_layout_char(c)) {
+            // Every such character is in the Basic Multilingual Plane: one \uXXXX each.
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +122,23 @@ mod tests {
         let nasty: String = (0u32..0x3000).filter_map(char::from_u32).collect();
         let out = escape(&nasty);
         assert!(out.chars().all(|c| !c.is_control() && !is_layout_char(c)));
+    }
+
+    #[test]
+    fn json_is_terminal_safe_and_the_same_value() {
+        let v = serde_json::json!({
+            "reason": "a\u{1b}[2J\nb\u{7f}\u{9b}c\u{202e}d\\e\"f",
+            "n": [1, 2],
+        });
+        let text = to_json_pretty(&v).unwrap();
+        assert!(
+            text.chars()
+                .all(|c| c == '\n' || (!c.is_control() && !is_layout_char(c))),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u007f") && text.contains("\\u009b") && text.contains("\\u202e"));
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
     }
 
     #[test]

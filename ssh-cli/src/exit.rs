@@ -26,9 +26,10 @@ pub enum Exit {
     /// No session, or the CA says the session is gone: sign in.
     SignInRequired = 3,
     /// The CA or the IdP refused this identity (no role, refused username, forbidden,
-    /// IdP `access_denied`).
+    /// IdP `access_denied`), or an elevation was refused or ended without a grant (denied,
+    /// cancelled, revoked, timed out, lapsed).
     Denied = 4,
-    /// Waiting for someone else (an approval); reserved for elevations.
+    /// An elevation request waits for someone else's approval.
     Pending = 5,
 }
 

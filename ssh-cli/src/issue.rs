@@ -36,7 +36,7 @@ pub struct Issued {
 
 /// The public key line sent to the CA: without the comment, which may name the user's
 /// machine and is no business of the CA.
-fn public_key_line(public: &PublicKey) -> Result<String, Failure> {
+pub(crate) fn public_key_line(public: &PublicKey) -> Result<String, Failure> {
     PublicKey::new(public.key_data().clone(), "")
         .to_openssh()
         .map_err(|e| {
@@ -83,7 +83,7 @@ pub async fn issue(
     })
 }
 
-async fn add_to_agent(key: &UserKey, cert: &CertInfo, ca_time: i64) -> AgentResult {
+pub(crate) async fn add_to_agent(key: &UserKey, cert: &CertInfo, ca_time: i64) -> AgentResult {
     let Some(secs) = agent::lifetime(cert.valid_before, ca_time) else {
         eprintln!("warning: the certificate has no time left; not adding it to ssh-agent");
         return AgentResult::Failed;

@@ -104,7 +104,7 @@ pub async fn run(ctx: &Ctx, args: &LoginArgs) -> Result<(), Failure> {
         .oidc_start(&OidcStartRequest {
             redirect_uri: listener.redirect_uri(),
             login_secret_sha256: secret.sha256_hex(),
-            reauth: false,
+            reauth: args.reauth,
         })
         .await
         .map_err(|e| exit::from_client(&e, &ca_url))?;

@@ -75,6 +75,13 @@ pub async fn run(ctx: &Ctx, args: &LogoutArgs) -> Result<(), Failure> {
     session::remove(&session_path)?;
     println!("deleted {}", session_path.display());
     if ctx.agent_socket.is_some() {
+        // Elevated certificates first: `ssh-add -d KEY` removes only the key and
+        // KEY-cert.pub. One that is no longer in the agent (expired there) is no news.
+        for cert in paths::elevation_certificates(&saved.key_path) {
+            if agent::remove_certificate(&cert).await.is_ok() {
+                println!("removed {} from ssh-agent", cert.display());
+            }
+        }
         match agent::remove(&saved.key_path).await {
             Ok(()) => println!("removed {} from ssh-agent", saved.key_path.display()),
             Err(e) => eprintln!(

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(app::run(cli, &ctx));
     let _ = std::io::stdout().flush();
     match outcome {
-        Ok(()) => ExitCode::from(Exit::Ok.code()),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(failure) => {
             eprintln!("{failure}");
             ExitCode::from(failure.exit.code())

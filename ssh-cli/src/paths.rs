@@ -82,6 +82,53 @@ pub fn certificate_of(key: &Path) -> PathBuf {
     with_suffix(key, "-cert.pub")
 }
 
+/// An elevation name this client will not put into a file name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the CA named the elevation {0}, which is not a safe file name part (1-32 of a-z, 0-9, _ and -); nothing was written; tell the CA operator")]
+pub struct BadElevationName(
+    /// The name, escaped for printing.
+    pub String,
+);
+
+/// Whether `name` may become part of a file name: `[a-z0-9_-]{1,32}`, so no `/`, no `.`,
+/// nothing a shell or terminal treats specially.
+pub fn is_safe_elevation_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The elevated certificate beside a private key: `PATH-elev-NAME-cert.pub`. The name comes
+/// from the CA and is refused, not cleaned up, unless it is [safe](is_safe_elevation_name).
+pub fn elevation_certificate_of(key: &Path, name: &str) -> Result<PathBuf, BadElevationName> {
+    if !is_safe_elevation_name(name) {
+        return Err(BadElevationName(crate::escape::escape(name)));
+    }
+    Ok(with_suffix(key, &format!("-elev-{name}-cert.pub")))
+}
+
+/// The elevated certificates beside a private key (`PATH-elev-NAME-cert.pub` with a safe
+/// NAME), sorted; none if the directory cannot be read.
+pub fn elevation_certificates(key: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(base)) = (key.parent(), key.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let prefix = format!("{base}-elev-");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let elev = name.strip_prefix(&prefix)?.strip_suffix("-cert.pub")?;
+            is_safe_elevation_name(elev).then(|| e.path())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +175,57 @@ mod tests {
             PathBuf::from("/h/.ssh/pedm_ed25519-cert.pub")
         );
         assert_eq!(default_key(&env(Some("relative"), None)), Err(NoHome));
+    }
+
+    #[test]
+    fn elevation_certificate_names() {
+        let k = PathBuf::from("/h/.ssh/pedm_ed25519");
+        assert_eq!(
+            elevation_certificate_of(&k, "db-admin").unwrap(),
+            PathBuf::from("/h/.ssh/pedm_ed25519-elev-db-admin-cert.pub")
+        );
+        assert!(elevation_certificate_of(&k, "a_b-9").is_ok());
+        assert!(elevation_certificate_of(&k, &"x".repeat(32)).is_ok());
+        for bad in [
+            "",
+            "../x",
+            "x/y",
+            "..",
+            ".",
+            "DB",
+            "db admin",
+            "db\nadmin",
+            "db\u{1b}",
+            "dé",
+            &"x".repeat(33),
+        ] {
+            assert!(elevation_certificate_of(&k, bad).is_err(), "{bad:?}");
+        }
+        let e = elevation_certificate_of(&k, "../x\n").unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn elevation_certificates_are_found_beside_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("id");
+        for name in [
+            "id",
+            "id-cert.pub",
+            "id-elev-db-admin-cert.pub",
+            "id-elev-web-cert.pub",
+            "id-elev-BAD-cert.pub",
+            "other-elev-db-admin-cert.pub",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(
+            elevation_certificates(&k),
+            vec![
+                dir.path().join("id-elev-db-admin-cert.pub"),
+                dir.path().join("id-elev-web-cert.pub")
+            ]
+        );
+        assert!(elevation_certificates(&dir.path().join("missing/id")).is_empty());
     }
 }

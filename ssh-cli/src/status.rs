@@ -62,6 +62,18 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Failure> {
             paths::certificate_of(&key_path).display()
         ),
     }
+    for path in paths::elevation_certificates(&key_path) {
+        // An unreadable leftover is not worth failing `status` for.
+        if let Ok(Some(c)) = certfile::load_at(path) {
+            println!(
+                "elevated certificate: {} (principals {}; until {}, {})",
+                c.path.display(),
+                escape_list(&c.principals),
+                timefmt::utc(c.valid_before),
+                timefmt::relative(c.valid_before, info.ca_time)
+            );
+        }
+    }
     println!("clock skew: {}", timefmt::skew_text(skew));
     if let Some(w) = timefmt::skew_warning(skew) {
         eprintln!("warning: {w}");

@@ -127,3 +127,67 @@ fn too_open_key_is_refused_before_contacting_the_ca() {
         "{r:?}"
     );
 }
+
+#[test]
+fn elevation_usage_errors_exit_2() {
+    let home = Home::new();
+    for args in [
+        &["elevate"][..],
+        &["elevate", "db-admin"][..],
+        &["elevate", "--reason", "x"][..],
+        &["elevate", "db-admin", "--reason", "x", "--fetch", "abc"][..],
+        &["elevate", "db-admin", "--reason", "x", "--for", "15"][..],
+        &["elevate", "db-admin", "--reason", "x", "--for", "0m"][..],
+        &["elevate", "db-admin", "--reason", "x", "--timeout", "1m"][..],
+        &["elevate", "--fetch", "../x"][..],
+        &["approve"][..],
+        &["approve", "a/b", "--yes"][..],
+        &["deny", "abc"][..],
+        &["cancel"][..],
+        &["revoke", "a b"][..],
+    ] {
+        let r = run(home.command(args));
+        assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
+        assert!(!home.xdg().exists(), "{args:?}");
+    }
+}
+
+#[test]
+fn elevation_commands_have_help_with_examples_and_exit_codes() {
+    let home = Home::new();
+    for sub in [
+        "elevate",
+        "requests",
+        "approve",
+        "deny",
+        "cancel",
+        "revoke",
+        "elevations",
+    ] {
+        let r = run(home.command(&[sub, "--help"]));
+        assert_eq!(r.code, Some(0), "{sub}: {r:?}");
+        assert!(
+            r.stdout.contains(pedm_ssh::cli::EXIT_CODES),
+            "{sub}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains(&format!("  pedm-ssh {sub} ")),
+            "{sub}: {}",
+            r.stdout
+        );
+    }
+    let r = run(home.command(&["elevate", "--help"]));
+    for opt in [
+        "--reason",
+        "--for",
+        "--wait",
+        "--fetch",
+        "--key",
+        "--timeout",
+    ] {
+        assert!(r.stdout.contains(opt), "{opt}: {}", r.stdout);
+    }
+    let r = run(home.command(&["login", "--help"]));
+    assert!(r.stdout.contains("--reauth"), "{}", r.stdout);
+}

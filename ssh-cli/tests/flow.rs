@@ -10,7 +10,19 @@ use std::time::Duration;
 /// Runs `pedm-ssh login --no-browser` against `ca` from `home`, plays the browser, and
 /// returns the finished run. `before` gets the callback URI and runs before the browser.
 async fn login_via_browser(home: &Home, ca: &FakeCa, extra_env: &[(&str, &str)]) -> Run {
-    let mut cmd = home.command(&["login", "--ca", &ca.url, "--no-browser"]);
+    login_via_browser_with(home, ca, &[], extra_env).await
+}
+
+/// [`login_via_browser`] with more arguments to `login`.
+async fn login_via_browser_with(
+    home: &Home,
+    ca: &FakeCa,
+    extra_args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Run {
+    let mut args = vec!["login", "--ca", &ca.url, "--no-browser"];
+    args.extend_from_slice(extra_args);
+    let mut cmd = home.command(&args);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -70,6 +82,8 @@ async fn full_cycle_login_status_cert_logout() {
         assert_ne!(port, 0);
         assert_eq!(s.finish_ok, 1);
         assert_eq!(s.finish_refused, 0);
+        // A plain login does not ask the IdP to authenticate again.
+        assert_eq!(s.start_reauth, vec![false]);
         // The public key went without its comment.
         assert_eq!(
             s.cert_requests[0].split(' ').count(),
@@ -133,6 +147,18 @@ async fn full_cycle_login_status_cert_logout() {
 
     let r = run(home.command(&["status"]));
     assert_eq!(r.code, Some(3), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_reauth_asks_the_ca_for_a_fresh_authentication() {
+    let ca = FakeCa::start(Behaviour::default()).await;
+    let home = Home::new();
+    let r = login_via_browser_with(&home, &ca, &["--reauth"], &[]).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("signed in as alice\n"), "{r:?}");
+    let r = login_via_browser(&home, &ca, &[]).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(ca.state.lock().unwrap().start_reauth, vec![true, false]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,56 +343,6 @@ async fn fixed_redirect_port_from_the_ca_is_used() {
         ca.state.lock().unwrap().redirect_uris,
         vec![format!("http://127.0.0.1:{port}/callback")]
     );
-}
-
-/// An ssh-agent for one test, stopped on drop.
-struct Agent {
-    child: std::process::Child,
-    sock: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start() -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
-        let child = std::process::Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&sock)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ssh-agent did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent {
-            child,
-            sock,
-            _dir: dir,
-        }
-    }
-
-    fn list(&self) -> String {
-        let out = std::process::Command::new("ssh-add")
-            .arg("-l")
-            .env("SSH_AUTH_SOCK", &self.sock)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

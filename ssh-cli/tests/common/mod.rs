@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use axum::extract::{Json, RawQuery, State};
+use axum::extract::{Json, Path as UrlPath, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -41,6 +41,12 @@ pub struct Behaviour {
     pub ttl: i64,
     /// `GET /v1/auth/info` `redirect_port`.
     pub redirect_port: Option<u16>,
+    /// `POST /v1/elevations` answers approved at once (by policy) instead of pending.
+    pub auto_approve: bool,
+    /// Approvals a pending request needs.
+    pub approvals_needed: u32,
+    /// The elevation name put into `/v1/certs` answers instead of the real one.
+    pub elevated_cert_name: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -52,6 +58,9 @@ impl Default for Behaviour {
             clock_offset: 0,
             ttl: 600,
             redirect_port: None,
+            auto_approve: false,
+            approvals_needed: 1,
+            elevated_cert_name: None,
         }
     }
 }
@@ -81,6 +90,22 @@ pub struct CaState {
     /// Whether a finish carried the right secret.
     pub finish_ok: u32,
     pub finish_refused: u32,
+    /// token → user of sessions planted by tests; other sessions are `behaviour.user`'s.
+    pub users: HashMap<String, String>,
+    /// `reauth` of every `/v1/auth/oidc/start`.
+    pub start_reauth: Vec<bool>,
+    /// The elevation store.
+    pub elevations: Vec<ElevationView>,
+    /// Every `POST /v1/elevations` body.
+    pub elevation_requests: Vec<ElevationRequest>,
+    /// Every decision POST: (id, action, user, comment).
+    pub decisions: Vec<(String, String, String, Option<String>)>,
+    /// `elevation_id` of every `/v1/certs` request.
+    pub cert_elevation_ids: Vec<Option<String>>,
+    /// The last elevated certificate line issued.
+    pub last_elevated_cert: Option<String>,
+    /// The last base certificate line issued.
+    pub last_base_cert: Option<String>,
 }
 
 pub struct FakeCa {
@@ -139,6 +164,7 @@ async fn info(State(st): State<St>) -> Response {
 async fn oidc_start(State(st): State<St>, Json(req): Json<OidcStartRequest>) -> Response {
     let mut s = st.lock().unwrap();
     s.redirect_uris.push(req.redirect_uri.clone());
+    s.start_reauth.push(req.reauth);
     let ok = req
         .redirect_uri
         .strip_prefix("http://127.0.0.1:")
@@ -225,21 +251,32 @@ fn session_of(s: &CaState, headers: &HeaderMap) -> Option<String> {
     bearer(headers).filter(|t| s.sessions.contains(t))
 }
 
-async fn certs(State(st): State<St>, headers: HeaderMap, Json(req): Json<CertRequest>) -> Response {
-    let mut s = st.lock().unwrap();
-    if session_of(&s, &headers).is_none() {
-        return problem(ProblemType::SignInRequired, "no session");
-    }
-    s.cert_requests.push(req.public_key.clone());
-    let Ok(public) = PublicKey::from_openssh(&req.public_key) else {
-        return problem(ProblemType::InvalidPublicKey, "bad key");
-    };
+fn user_of(s: &CaState, headers: &HeaderMap) -> Option<String> {
+    let token = session_of(s, headers)?;
+    Some(
+        s.users
+            .get(&token)
+            .cloned()
+            .unwrap_or_else(|| s.behaviour.user.clone()),
+    )
+}
+
+/// Signs a user certificate with key ID `USER serial=N` or `USER serial=N elev=ID`.
+fn sign_cert(
+    s: &mut CaState,
+    public: &PublicKey,
+    user: &str,
+    elev: Option<&str>,
+    principals: &[String],
+    valid_after: u64,
+    valid_before: u64,
+) -> IssuedCert {
     s.serial += 1;
     let serial = s.serial;
-    let ca_time = now() + s.behaviour.clock_offset;
-    let user = s.behaviour.user.clone();
-    let valid_after = (ca_time - 60) as u64;
-    let valid_before = (ca_time + s.behaviour.ttl) as u64;
+    let key_id = match elev {
+        Some(id) => format!("{user} serial={serial} elev={id}"),
+        None => format!("{user} serial={serial}"),
+    };
     let mut b = Builder::new_with_random_nonce(
         &mut rand::rngs::OsRng,
         public.key_data().clone(),
@@ -248,24 +285,292 @@ async fn certs(State(st): State<St>, headers: HeaderMap, Json(req): Json<CertReq
     )
     .unwrap();
     b.serial(serial).unwrap();
-    b.key_id(format!("{user} serial={serial}")).unwrap();
+    b.key_id(key_id.clone()).unwrap();
     b.cert_type(CertType::User).unwrap();
-    b.valid_principal(user.clone()).unwrap();
+    for p in principals {
+        b.valid_principal(p.clone()).unwrap();
+    }
     b.extension("permit-pty", "").unwrap();
     let cert = b.sign(&s.ca_key).unwrap();
+    IssuedCert {
+        certificate: cert.to_openssh().unwrap(),
+        serial,
+        key_id,
+        principals: principals.to_vec(),
+        valid_after: valid_after as i64,
+        valid_before: valid_before as i64,
+    }
+}
+
+async fn certs(State(st): State<St>, headers: HeaderMap, Json(req): Json<CertRequest>) -> Response {
+    let mut s = st.lock().unwrap();
+    let Some(user) = user_of(&s, &headers) else {
+        return problem(ProblemType::SignInRequired, "no session");
+    };
+    s.cert_requests.push(req.public_key.clone());
+    s.cert_elevation_ids.push(req.elevation_id.clone());
+    let Ok(public) = PublicKey::from_openssh(&req.public_key) else {
+        return problem(ProblemType::InvalidPublicKey, "bad key");
+    };
+    let ca_time = now() + s.behaviour.clock_offset;
+    let valid_after = (ca_time - 60) as u64;
+    let valid_before = (ca_time + s.behaviour.ttl) as u64;
+    // The elevation first, so a refusal issues nothing.
+    let mut elevated = None;
+    if let Some(id) = &req.elevation_id {
+        let Some(i) = s.elevations.iter().position(|e| &e.id == id) else {
+            return problem(ProblemType::NotFound, "no such elevation");
+        };
+        if s.elevations[i].requester != user {
+            return problem(ProblemType::ElevationRefused, "not your elevation");
+        }
+        let e = &mut s.elevations[i];
+        match e.state {
+            ElevationState::Approved => {
+                e.state = ElevationState::Active;
+                e.started_at = Some(ca_time);
+                e.ends_at = Some(ca_time + e.duration_secs as i64);
+                e.deadline = e.ends_at;
+            }
+            ElevationState::Active => {}
+            other => {
+                return problem(
+                    ProblemType::Conflict,
+                    &format!("elevation is {}", other.as_str()),
+                )
+            }
+        }
+        let ends = e.ends_at.unwrap();
+        let (principals, name) = (e.principals.clone(), e.elevation.clone());
+        let until = valid_before.min(ends as u64);
+        let cert = sign_cert(
+            &mut s,
+            &public,
+            &user,
+            Some(id),
+            &principals,
+            valid_after,
+            until,
+        );
+        let name = s.behaviour.elevated_cert_name.clone().unwrap_or(name);
+        s.last_elevated_cert = Some(cert.certificate.clone());
+        elevated = Some(ElevatedCert {
+            elevation_id: id.clone(),
+            elevation: name,
+            cert,
+        });
+    }
+    let base = sign_cert(
+        &mut s,
+        &public,
+        &user,
+        None,
+        std::slice::from_ref(&user),
+        valid_after,
+        valid_before,
+    );
+    s.last_base_cert = Some(base.certificate.clone());
     Json(CertResponse {
-        elevation: None,
-        base: IssuedCert {
-            certificate: cert.to_openssh().unwrap(),
-            serial,
-            key_id: format!("{user} serial={serial}"),
-            principals: vec![user],
-            valid_after: valid_after as i64,
-            valid_before: valid_before as i64,
-        },
+        elevation: elevated,
+        base,
         ca_time,
     })
     .into_response()
+}
+
+fn random_id() -> String {
+    let mut id = random_hex();
+    id.truncate(12);
+    id
+}
+
+/// The view `viewer` gets: an approver's includes the requester's recent elevations.
+fn view_for(s: &CaState, e: &ElevationView, viewer: &str) -> ElevationView {
+    let mut v = e.clone();
+    if viewer != e.requester {
+        v.recent = s
+            .elevations
+            .iter()
+            .filter(|o| o.requester == e.requester && o.id != e.id)
+            .map(|o| ElevationSummary {
+                id: o.id.clone(),
+                elevation: o.elevation.clone(),
+                state: o.state,
+                created_at: o.created_at,
+                reason: o.reason.clone(),
+            })
+            .collect();
+    }
+    v
+}
+
+async fn request_elevation(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Json(req): Json<ElevationRequest>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    let Some(user) = user_of(&s, &headers) else {
+        return problem(ProblemType::SignInRequired, "no session");
+    };
+    s.elevation_requests.push(req.clone());
+    if req.reason.is_empty()
+        || req.reason.chars().count() > 200
+        || req.reason.chars().any(char::is_control)
+    {
+        return problem(ProblemType::InvalidReason, "bad reason");
+    }
+    if req.elevation != "db-admin" {
+        return problem(ProblemType::ElevationRefused, "no such elevation");
+    }
+    let duration = req.duration_secs.unwrap_or(1800);
+    if duration > 1800 {
+        return problem(ProblemType::ElevationRefused, "at most 30m");
+    }
+    let created = now() + s.behaviour.clock_offset;
+    let auto = s.behaviour.auto_approve;
+    let v = ElevationView {
+        id: random_id(),
+        requester: user,
+        elevation: req.elevation,
+        principals: vec!["db-admin".into()],
+        reason: req.reason,
+        duration_secs: duration,
+        state: if auto {
+            ElevationState::Approved
+        } else {
+            ElevationState::Pending
+        },
+        created_at: created,
+        approved_at: auto.then_some(created),
+        approved_by: if auto { vec!["auto".into()] } else { vec![] },
+        approvals_needed: if auto {
+            0
+        } else {
+            s.behaviour.approvals_needed
+        },
+        started_at: None,
+        ends_at: None,
+        deadline: Some(created + 3600),
+        decisions: vec![],
+        recent: vec![],
+    };
+    s.elevations.push(v.clone());
+    Json(v).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    approvable: Option<bool>,
+}
+
+async fn list_elevations(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let s = st.lock().unwrap();
+    let Some(user) = user_of(&s, &headers) else {
+        return problem(ProblemType::SignInRequired, "no session");
+    };
+    let approvable = q.approvable.unwrap_or(false);
+    let elevations = s
+        .elevations
+        .iter()
+        .filter(|e| {
+            if approvable {
+                e.state == ElevationState::Pending && e.requester != user
+            } else {
+                e.requester == user
+            }
+        })
+        .map(|e| view_for(&s, e, &user))
+        .collect();
+    Json(ElevationList {
+        elevations,
+        ca_time: now() + s.behaviour.clock_offset,
+    })
+    .into_response()
+}
+
+async fn get_elevation(
+    State(st): State<St>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let s = st.lock().unwrap();
+    let Some(user) = user_of(&s, &headers) else {
+        return problem(ProblemType::SignInRequired, "no session");
+    };
+    match s.elevations.iter().find(|e| e.id == id) {
+        Some(e) => Json(view_for(&s, e, &user)).into_response(),
+        None => problem(ProblemType::NotFound, "no such elevation"),
+    }
+}
+
+async fn decide(
+    State(st): State<St>,
+    headers: HeaderMap,
+    UrlPath((id, action)): UrlPath<(String, String)>,
+    Json(req): Json<DecisionRequest>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    let Some(user) = user_of(&s, &headers) else {
+        return problem(ProblemType::SignInRequired, "no session");
+    };
+    s.decisions.push((
+        id.clone(),
+        action.clone(),
+        user.clone(),
+        req.comment.clone(),
+    ));
+    let Some(i) = s.elevations.iter().position(|e| e.id == id) else {
+        return problem(ProblemType::NotFound, "no such elevation");
+    };
+    let at = now() + s.behaviour.clock_offset;
+    let e = &mut s.elevations[i];
+    match action.as_str() {
+        "approve" | "deny" => {
+            if e.requester == user {
+                return problem(ProblemType::Forbidden, "no self-approval");
+            }
+            if e.state != ElevationState::Pending {
+                return problem(ProblemType::Conflict, "not pending");
+            }
+            e.decisions.push(ApprovalView {
+                approver: user.clone(),
+                decision: action.clone(),
+                comment: req.comment.clone(),
+                at,
+            });
+            if action == "deny" {
+                e.state = ElevationState::Denied;
+                e.deadline = None;
+            } else {
+                e.approved_by.push(user.clone());
+                e.approvals_needed = e.approvals_needed.saturating_sub(1);
+                if e.approvals_needed == 0 {
+                    e.state = ElevationState::Approved;
+                    e.approved_at = Some(at);
+                    e.deadline = Some(at + 3600);
+                }
+            }
+        }
+        "cancel" => {
+            if e.requester != user {
+                return problem(ProblemType::Forbidden, "not yours");
+            }
+            e.state = ElevationState::Cancelled;
+            e.deadline = None;
+        }
+        "revoke" => {
+            e.state = ElevationState::Revoked;
+            e.deadline = None;
+        }
+        _ => return problem(ProblemType::NotFound, "no such action"),
+    }
+    let v = e.clone();
+    Json(view_for(&s, &v, &user)).into_response()
 }
 
 async fn session(State(st): State<St>, headers: HeaderMap) -> Response {
@@ -318,6 +623,14 @@ impl FakeCa {
             cert_requests: Vec::new(),
             finish_ok: 0,
             finish_refused: 0,
+            users: HashMap::new(),
+            start_reauth: Vec::new(),
+            elevations: Vec::new(),
+            elevation_requests: Vec::new(),
+            decisions: Vec::new(),
+            cert_elevation_ids: Vec::new(),
+            last_elevated_cert: None,
+            last_base_cert: None,
         }));
         let app = Router::new()
             .route("/v1/auth/info", get(info))
@@ -327,11 +640,37 @@ impl FakeCa {
             .route("/v1/certs", post(certs))
             .route("/v1/session", get(session))
             .route("/v1/auth/logout", post(logout))
+            .route(
+                "/v1/elevations",
+                post(request_elevation).get(list_elevations),
+            )
+            .route("/v1/elevations/{id}", get(get_elevation))
+            .route("/v1/elevations/{id}/{action}", post(decide))
             .with_state(state.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         FakeCa { url, state, task }
+    }
+
+    /// A session for `user`, as if they had signed in.
+    pub fn add_session(&self, user: &str) -> String {
+        let token = random_hex();
+        let mut s = self.state.lock().unwrap();
+        s.sessions.insert(token.clone());
+        s.users.insert(token.clone(), user.to_string());
+        token
+    }
+
+    /// Puts an elevation into the store as it is.
+    pub fn insert_elevation(&self, view: ElevationView) {
+        self.state.lock().unwrap().elevations.push(view);
+    }
+
+    /// The elevation with `id`.
+    pub fn elevation(&self, id: &str) -> ElevationView {
+        let s = self.state.lock().unwrap();
+        s.elevations.iter().find(|e| e.id == id).unwrap().clone()
     }
 
     pub fn ca_public_key(&self) -> String {
@@ -371,6 +710,22 @@ impl Home {
 
     pub fn key(&self) -> PathBuf {
         self.home().join(".ssh/pedm_ed25519")
+    }
+
+    /// Signs `user` in at `ca` without a browser: a session from the fake CA, saved where
+    /// `pedm-ssh login` saves it, for the key [`Home::key`].
+    pub fn plant_session(&self, ca: &FakeCa, user: &str) {
+        let token = ca.add_session(user);
+        let saved = pedm_ssh::session::SessionFile {
+            version: pedm_ssh::session::FORMAT_VERSION,
+            ca_url: ca.url.clone(),
+            session_token: token,
+            user: user.to_string(),
+            principals: vec![user.to_string()],
+            expires_at: now() + 3600,
+            key_path: self.key(),
+        };
+        pedm_ssh::session::save(&self.session_file(), &saved).unwrap();
     }
 
     /// `pedm-ssh ARGS` with this home, no agent, no PEDM_CA, no display.
@@ -475,7 +830,22 @@ pub fn finish(
 
 /// Starts `cmd` and reads stderr until a line that is a URL (alone on its line) appears.
 pub fn spawn_until_url(
+    cmd: Command,
+) -> (Proc, String, Vec<String>, std::sync::mpsc::Receiver<String>) {
+    let (child, line, lines, rx) = spawn_until_line(cmd, |l| {
+        l.starts_with("http://") || l.starts_with("https://")
+    });
+    assert!(
+        !line.contains(' '),
+        "the URL line must hold the URL alone: {line:?}"
+    );
+    (child, line, lines, rx)
+}
+
+/// Starts `cmd` and reads stderr until a line for which `wanted` holds (at most 30 s).
+pub fn spawn_until_line(
     mut cmd: Command,
+    wanted: impl Fn(&str) -> bool,
 ) -> (Proc, String, Vec<String>, std::sync::mpsc::Receiver<String>) {
     let mut child = Proc(Some(
         cmd.stdout(Stdio::piped())
@@ -496,13 +866,9 @@ pub fn spawn_until_url(
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no URL line on stderr; got {lines:?}"));
+            .unwrap_or_else(|_| panic!("no such line on stderr; got {lines:?}"));
         lines.push(line.clone());
-        if line.starts_with("http://") || line.starts_with("https://") {
-            assert!(
-                !line.contains(' '),
-                "the URL line must hold the URL alone: {line:?}"
-            );
+        if wanted(&line) {
             return (child, line, lines, rx);
         }
     }
@@ -519,4 +885,61 @@ pub fn browser() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// An ssh-agent for one test, stopped on drop.
+pub struct Agent {
+    child: std::process::Child,
+    pub sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Agent {
+            child,
+            sock,
+            _dir: dir,
+        }
+    }
+
+    fn ssh_add(&self, flag: &str) -> String {
+        let out = Command::new("ssh-add")
+            .arg(flag)
+            .env("SSH_AUTH_SOCK", &self.sock)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ssh-add -l`: fingerprints.
+    pub fn list(&self) -> String {
+        self.ssh_add("-l")
+    }
+
+    /// `ssh-add -L`: the public keys and certificates themselves.
+    pub fn list_public(&self) -> String {
+        self.ssh_add("-L")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
