@@ -10,7 +10,7 @@ macro_rules! exit_codes {
     () => {
         "Exit codes (the same for every command):
   0  ok
-  1  error (network, files, the CA failed, sign-in timed out)
+  1  error (network, files, the CA failed, sign-in or --wait timed out)
   2  usage (wrong command line)
   3  sign-in needed (no session, or the session expired or was revoked): run `pedm-ssh login`
   4  denied (no role, username refused, forbidden, the identity provider said no, or an
@@ -110,7 +110,9 @@ the key to ssh-agent when SSH_AUTH_SOCK is set.",
 When policy approves it at once, the elevated certificate is fetched right away and written as \
 PATH-elev-NAME-cert.pub beside the key (the base certificate PATH-cert.pub is renewed too and \
 survives the elevation); with SSH_AUTH_SOCK set both are added to ssh-agent, each for its own \
-remaining life. Otherwise the request ID is printed and pedm-ssh exits 5 (pending); with \
+remaining life (ssh-add only picks up PATH-cert.pub by itself, so for the elevated one pedm-ssh \
+gives it a copy of the key, mode 0600, in a private 0700 directory beside the key, deleted right \
+after). Otherwise the request ID is printed and pedm-ssh exits 5 (pending); with \
 --wait it polls the CA until a decision, then fetches. `--fetch ID` gets the certificate of an \
 approved or active elevation later. The grant's clock starts with its first certificate.",
         after_help = concat!(

@@ -443,7 +443,7 @@ async fn request_elevation(
         },
         created_at: created,
         approved_at: auto.then_some(created),
-        approved_by: if auto { vec!["auto".into()] } else { vec![] },
+        approved_by: if auto { vec!["policy".into()] } else { vec![] },
         approvals_needed: if auto {
             0
         } else {
@@ -452,7 +452,16 @@ async fn request_elevation(
         started_at: None,
         ends_at: None,
         deadline: Some(created + 3600),
-        decisions: vec![],
+        decisions: if auto {
+            vec![ApprovalView {
+                approver: "policy".into(),
+                decision: "auto".into(),
+                comment: None,
+                at: created,
+            }]
+        } else {
+            vec![]
+        },
         recent: vec![],
     };
     s.elevations.push(v.clone());
