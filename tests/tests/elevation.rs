@@ -469,3 +469,98 @@ fn a_stale_approver_sign_in_is_refused_until_reauth() {
     let (st, a) = act(&s, &carol2, &id, "approve", None);
     assert_eq!((st, a["state"].as_str()), (200, Some("approved")), "{a}");
 }
+
+fn cli_ok(home: &Path, args: &[&str]) -> std::process::Output {
+    pedm_e2e::signin::pedm_ssh(home)
+        .args(args)
+        .output()
+        .expect("running pedm-ssh")
+}
+
+#[test]
+fn the_cli_elevates_waits_for_a_person_and_the_elevated_certificate_opens_postgres() {
+    if !env::require_root_and_sshd() {
+        return;
+    }
+    let Some(s) = setup() else { return };
+    users::ensure_user("bob");
+    users::ensure_user(PG);
+    let sshd = TestSshd::start(
+        s.server.url(),
+        &s.ca.trust_root,
+        &format!("[accounts]\n{PG} = [\"db-admin\"]\n"),
+    )
+    .expect("sshd");
+    let url = s.server.url().to_string();
+    let homes: Vec<PathBuf> = ["bob", "carol"]
+        .iter()
+        .map(|u| {
+            let h = s.dir.path().join(format!("{u}-home"));
+            std::fs::create_dir_all(&h).unwrap();
+            let out = pedm_e2e::signin::cli_login(&url, &h, &h.join(".ssh/pedm_ed25519"), u)
+                .expect("login");
+            assert!(out.status.success(), "{u}: {}", describe(&out));
+            h
+        })
+        .collect();
+    let (bob, carol) = (&homes[0], &homes[1]);
+
+    // bob asks; not on call, so it waits for a person: exit 5 with the ID.
+    let out = cli_ok(
+        bob,
+        &[
+            "elevate",
+            "db-admin",
+            "--reason",
+            "INC-4711 vacuum",
+            "--for",
+            "5m",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("no id line in {text}"))
+        .trim()
+        .to_string();
+
+    // carol sees it and approves without a terminal, so with --yes.
+    let out = cli_ok(carol, &["requests", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["elevations"][0]["id"], id.as_str(), "{list}");
+    let out = cli_ok(carol, &["approve", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no terminal, no --yes: {}",
+        describe(&out)
+    );
+    let out = cli_ok(carol, &["approve", &id, "--yes", "--comment", "go"]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // bob fetches: PATH-elev-db-admin-cert.pub beside his key opens postgres.
+    let out = cli_ok(bob, &["elevate", "--fetch", &id]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let key = bob.join(".ssh/pedm_ed25519");
+    let elev = bob.join(".ssh/pedm_ed25519-elev-db-admin-cert.pub");
+    assert!(elev.exists(), "no elevated certificate file");
+    // Offer only the elevated certificate (a copy of the key without the base one beside it).
+    let only = s.dir.path().join("bob-elev-only");
+    std::fs::copy(&key, &only).unwrap();
+    let mark = sshd.log_mark();
+    let ran = sshd.ssh(PG, &only, Some(&elev), "id -un");
+    assert!(ran.status.success(), "{}\n{}", describe(&ran), sshd.logs());
+    sshd.wait_for_log_since(mark, &format!("elev={id}"), LOG_WAIT)
+        .unwrap();
+    let out = cli_ok(bob, &["elevations", "--json"]);
+    let mine: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(mine["elevations"][0]["state"], "active", "{mine}");
+    // bob cancels his own grant; the CA then issues nothing for it.
+    let out = cli_ok(bob, &["cancel", &id]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = cli_ok(bob, &["elevate", "--fetch", &id]);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+}
