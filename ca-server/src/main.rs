@@ -308,18 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(
                     |(r, _)| match elevations.iter().find(|e| e.name == r.elevation) {
                         Some(e) => {
-                            pedm_ca::elevation::effective_state(
-                                r.state,
-                                &pedm_ca::elevation::Times {
-                                    created_at: r.created_at,
-                                    approved_at: r.approved_at,
-                                    started_at: r.started_at,
-                                    duration_secs: r.duration_secs,
-                                },
-                                e,
-                                now,
-                            )
-                            .0
+                            pedm_ca::elevation::effective_state(r.state, &r.times(), e, now).0
                         }
                         None => r.state,
                     },

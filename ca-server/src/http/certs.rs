@@ -9,7 +9,7 @@ use crate::audit::AuditEvent;
 use crate::authority::now_secs;
 use crate::authority::{BaseIssue, ElevatedGrant};
 use crate::cert::{parse_user_key, KeyRefusal};
-use crate::elevation::{self, Times};
+use crate::elevation;
 use crate::names::{ElevationId, Principal, Username};
 use crate::policy::Identity;
 use crate::store::CertKind;
@@ -126,13 +126,7 @@ pub async fn issue(
                 .ok_or_else(|| -> crate::store::Rejection {
                     format!("the elevation {} is no longer configured", row.elevation).into()
                 })?;
-            let t = Times {
-                created_at: row.created_at,
-                approved_at: row.approved_at,
-                started_at: row.started_at,
-                duration_secs: row.duration_secs,
-            };
-            let w = elevation::check_issue(e, row.state, &t, &row.requester, &who, now)?;
+            let w = elevation::check_issue(e, row.state, &row.times(), &row.requester, &who, now)?;
             // What approvers saw, as far as the configuration still grants it.
             let principals: Vec<Principal> = row
                 .principals

@@ -10,9 +10,7 @@ use super::routes::blocking;
 use super::SharedState;
 use crate::audit::AuditEvent;
 use crate::authority::now_secs;
-use crate::elevation::{
-    self, Actor, Elevation, ElevationRefusal, Outcome, Reason, RefusalKind, Times,
-};
+use crate::elevation::{self, Actor, Elevation, ElevationRefusal, Outcome, Reason, RefusalKind};
 use crate::names::{ElevationId, Username};
 use crate::policy::Identity;
 use crate::store::{DecisionRow, ElevationChange, ElevationRow, SessionRow, StoreError};
@@ -84,15 +82,6 @@ fn find<'a>(state: &'a SharedState, name: &str) -> Option<&'a Elevation> {
     state.elevations.iter().find(|e| e.name == name)
 }
 
-fn times(row: &ElevationRow) -> Times {
-    Times {
-        created_at: row.created_at,
-        approved_at: row.approved_at,
-        started_at: row.started_at,
-        duration_secs: row.duration_secs,
-    }
-}
-
 /// The state now (time-based transitions applied) and its deadline.
 pub fn state_now(
     state: &SharedState,
@@ -100,7 +89,7 @@ pub fn state_now(
     now: i64,
 ) -> (ElevationState, Option<i64>) {
     match find(state, &row.elevation) {
-        Some(e) => elevation::effective_state(row.state, &times(row), e, now),
+        Some(e) => elevation::effective_state(row.state, &row.times(), e, now),
         // An elevation removed from the configuration grants nothing any more.
         None if row.state.is_final() => (row.state, None),
         None => (ElevationState::Revoked, None),
@@ -466,7 +455,7 @@ async fn act(
                 )
                 .into()
             })?;
-            let (st, _) = elevation::effective_state(row.state, &times(row), e, now);
+            let (st, _) = elevation::effective_state(row.state, &row.times(), e, now);
             let mut change = ElevationChange {
                 state: st,
                 approved_at: row.approved_at,

@@ -182,6 +182,18 @@ pub struct ElevationRow {
     pub ended_at: Option<i64>,
 }
 
+impl ElevationRow {
+    /// The times the elevation policy decides on.
+    pub fn times(&self) -> crate::elevation::Times {
+        crate::elevation::Times {
+            created_at: self.created_at,
+            approved_at: self.approved_at,
+            started_at: self.started_at,
+            duration_secs: self.duration_secs,
+        }
+    }
+}
+
 /// One decision on a request: `auto`, `approve`, `deny`, `cancel`, `revoke`, or a time-based
 /// `timed_out`, `lapsed`, `expired` written by the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
