@@ -131,8 +131,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     refresher.abort();
     sweeper.abort();
+    // Time-based elevation transitions that came due since the last sweep go into the log
+    // before the final checkpoint covers it.
     let s = state.clone();
-    tokio::task::spawn_blocking(move || s.authority.checkpoint()).await??;
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::http::elevations::sweep(&s) {
+            tracing::error!("recording elevation time-outs at shutdown failed: {e}");
+        }
+        s.authority.checkpoint()
+    })
+    .await??;
     tracing::info!("stopped; audit checkpoint written");
     Ok(())
 }
