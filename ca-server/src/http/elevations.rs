@@ -149,6 +149,20 @@ fn view(
     }
 }
 
+/// The decisions on a request, as just written.
+async fn decisions_of(state: &SharedState, id: &str) -> Result<Vec<DecisionRow>, ApiError> {
+    let id = id.to_string();
+    Ok(blocking(state, move |s| {
+        s.authority
+            .store
+            .elevation(&id)
+            .map_err(|e| ApiError::internal("reading the elevation", e))
+    })
+    .await?
+    .map(|(_, d)| d)
+    .unwrap_or_default())
+}
+
 /// `POST /v1/elevations`.
 pub async fn request(
     State(state): State<SharedState>,
@@ -247,18 +261,7 @@ pub async fn request(
             .map_err(|e| ApiError::internal("storing the elevation request", e))
     })
     .await?;
-    let decisions = blocking(&state, {
-        let id = row.id.clone();
-        move |s| {
-            s.authority
-                .store
-                .elevation(&id)
-                .map_err(|e| ApiError::internal("reading the elevation", e))
-        }
-    })
-    .await?
-    .map(|(_, d)| d)
-    .unwrap_or_default();
+    let decisions = decisions_of(&state, &row.id).await?;
     Ok(Json(view(&state, &row, &decisions, now)))
 }
 
@@ -549,18 +552,7 @@ async fn act(
             .ok_or_else(not_found)
     })
     .await?;
-    let decisions = blocking(&state, {
-        let id = row.id.clone();
-        move |s| {
-            s.authority
-                .store
-                .elevation(&id)
-                .map_err(|e| ApiError::internal("reading the elevation", e))
-        }
-    })
-    .await?
-    .map(|(_, d)| d)
-    .unwrap_or_default();
+    let decisions = decisions_of(&state, &row.id).await?;
     Ok(Json(view(&state, &row, &decisions, now_secs())))
 }
 
