@@ -65,6 +65,11 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<Exit, Failure> {
         Command::Login(a) => ok(login::run(ctx, &a).await),
         Command::Cert(a) => ok(issue::run(ctx, &a).await),
         Command::Status(a) => ok(status::run(ctx, &a).await),
+        Command::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pedm-ssh", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
         Command::Logout(a) => ok(logout::run(ctx, &a).await),
         Command::Elevate(a) => elevate::run(ctx, &a).await,
         Command::Requests(a) => ok(requests::run_requests(ctx, &a).await),

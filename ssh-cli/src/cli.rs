@@ -89,11 +89,26 @@ the key to ssh-agent when SSH_AUTH_SOCK is set.",
         "Examples:
   pedm-ssh status
   pedm-ssh status || pedm-ssh login --ca https://ca.example.com   # exit 3: not signed in
+  pedm-ssh status --json | jq .certificate.valid_before
 
 ",
         exit_codes!()
     ))]
     Status(StatusArgs),
+    /// Print a shell completion script.
+    #[command(after_help = concat!(
+        "Examples:
+  pedm-ssh completions bash > /etc/bash_completion.d/pedm-ssh
+  pedm-ssh completions zsh > \"${fpath[1]}/_pedm-ssh\"
+  pedm-ssh completions fish > ~/.config/fish/completions/pedm-ssh.fish
+
+",
+        exit_codes!()
+    ))]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Revoke the session at the CA, delete it here, remove the key from ssh-agent.
     #[command(after_help = concat!(
         "Examples:
@@ -222,6 +237,9 @@ pub struct CertArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Print the status as one JSON document.
+    #[arg(long)]
+    pub json: bool,
     /// CA URL [default: the one saved at sign-in].
     #[arg(long, env = "PEDM_CA", value_name = "URL")]
     pub ca: Option<String>,

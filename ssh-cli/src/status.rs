@@ -25,6 +25,35 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| exit::from_client(&e, &ca_url))?;
     let skew = info.ca_time.saturating_sub(timefmt::now_unix());
+    let key_path = args.key.clone().unwrap_or_else(|| saved.key_path.clone());
+
+    if args.json {
+        let cert = certfile::load(&key_path)?;
+        let elevated: Vec<_> = paths::elevation_certificates(&key_path)
+            .into_iter()
+            .filter_map(|p| certfile::load_at(p).ok().flatten())
+            .map(|c| cert_json(&c))
+            .collect();
+        let doc = serde_json::json!({
+            "ca": ca_url,
+            "session": info,
+            "certificate": cert.as_ref().map(cert_json),
+            "elevated_certificates": elevated,
+            "clock_skew_secs": skew,
+        });
+        let text = crate::escape::to_json_pretty(&doc).map_err(|e| {
+            Failure::new(
+                crate::exit::Exit::Error,
+                format!("cannot print JSON: {e}"),
+                "try again without --json",
+            )
+        })?;
+        println!("{text}");
+        if let Some(w) = timefmt::skew_warning(skew) {
+            eprintln!("warning: {w}");
+        }
+        return Ok(());
+    }
 
     println!("signed in as {}", escape(&info.user));
     println!(
@@ -41,7 +70,6 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Failure> {
         timefmt::utc(info.expires_at),
         timefmt::relative(info.expires_at, info.ca_time)
     );
-    let key_path = args.key.clone().unwrap_or_else(|| saved.key_path.clone());
     match certfile::load(&key_path)? {
         Some(c) => {
             println!("certificate: {}", c.path.display());
@@ -80,4 +108,15 @@ pub async fn run(ctx: &Ctx, args: &StatusArgs) -> Result<(), Failure> {
     }
     println!("CA: {}", escape(&ca_url));
     Ok(())
+}
+
+fn cert_json(c: &certfile::CertInfo) -> serde_json::Value {
+    serde_json::json!({
+        "path": c.path,
+        "serial": c.serial,
+        "key_id": c.key_id,
+        "principals": c.principals,
+        "valid_after": c.valid_after,
+        "valid_before": c.valid_before,
+    })
 }

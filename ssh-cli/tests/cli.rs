@@ -191,3 +191,33 @@ fn elevation_commands_have_help_with_examples_and_exit_codes() {
     let r = run(home.command(&["login", "--help"]));
     assert!(r.stdout.contains("--reauth"), "{}", r.stdout);
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef pedm-ssh"),
+        ("fish", "complete -c pedm-ssh"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pedm-ssh"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        assert!(
+            text.contains("elevate"),
+            "{shell} completes the subcommands"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pedm-ssh"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}

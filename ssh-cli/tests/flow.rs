@@ -137,6 +137,17 @@ async fn full_cycle_login_status_cert_logout() {
     assert!(r.stdout.contains("serial: 102\n"), "{r:?}");
     let r = run(home.command(&["status"]));
     assert!(r.stdout.contains("certificate serial: 102"), "{r:?}");
+    let r = run(home.command(&["status", "--json"]));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("status --json is JSON");
+    assert_eq!(doc["session"]["user"], "alice", "{doc}");
+    assert_eq!(doc["certificate"]["serial"], 102, "{doc}");
+    assert_eq!(
+        doc["certificate"]["principals"],
+        serde_json::json!(["alice"]),
+        "{doc}"
+    );
+    assert!(doc["clock_skew_secs"].is_i64(), "{doc}");
 
     // logout revokes at the CA (which answers 204) and deletes the file
     let r = run(home.command(&["logout"]));
