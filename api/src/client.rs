@@ -186,6 +186,21 @@ impl Client {
         self.get("v1/ca/bundle", None).await
     }
 
+    /// `GET /v1/krl`: the signed revocation list (verify against the accepted bundle).
+    pub async fn krl(&self) -> Result<crate::krl::SignedKrl, ClientError> {
+        self.get("v1/krl", None).await
+    }
+
+    /// `POST /v1/hosts/enroll` with a one-time join token.
+    pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        self.post("v1/hosts/enroll", req, None).await
+    }
+
+    /// `POST /v1/hosts/checkin`, signed with the enrolled host key.
+    pub async fn checkin(&self, req: &SignedCheckin) -> Result<CheckinResponse, ClientError> {
+        self.post("v1/hosts/checkin", req, None).await
+    }
+
     /// `GET /healthz`.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.get("healthz", None).await

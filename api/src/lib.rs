@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod client;
 pub mod duration;
+pub mod krl;
 pub mod problem;
 pub mod wire;
 

@@ -278,3 +278,59 @@ pub struct DecisionRequest {
     #[serde(default)]
     pub comment: Option<String>,
 }
+
+/// SSHSIG namespace of host check-ins, signed with the host's sshd host key.
+pub const CHECKIN_NAMESPACE: &str = "host-checkin@pedm-ssh";
+
+/// `POST /v1/hosts/enroll`: a host registers its sshd host key once, with a one-time join
+/// token from `pedm-ca hosts token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// The host's name as it will appear in coverage reports (`[a-z0-9.-]{1,253}`).
+    pub host_name: String,
+    /// The sshd host public key (OpenSSH line) whose signatures count as this host's check-ins.
+    pub host_key: String,
+}
+
+/// Answer of `POST /v1/hosts/enroll`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub host_name: String,
+    /// `SHA256:…` of the enrolled host key.
+    pub host_key_fingerprint: String,
+}
+
+/// What a host reports after a refresh; signed with its enrolled host key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckinPayload {
+    pub host_name: String,
+    /// `SHA256:…` of the host key that signs this check-in.
+    pub host_key_fingerprint: String,
+    /// The trust bundle version installed now.
+    pub bundle_version: u64,
+    /// The KRL version installed now, if any.
+    pub krl_version: Option<u64>,
+    /// Unix seconds on the host when it signed; the CA refuses stale or future check-ins.
+    pub time: i64,
+}
+
+/// `POST /v1/hosts/checkin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCheckin {
+    /// Base64 (standard) of the JSON [`CheckinPayload`].
+    pub payload: String,
+    /// Armored SSHSIG over the decoded payload, namespace [`CHECKIN_NAMESPACE`].
+    pub signature: String,
+}
+
+/// Answer of `POST /v1/hosts/checkin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinResponse {
+    /// Whether the check-in counts toward coverage (signed by an enrolled host key).
+    pub counted: bool,
+    pub ca_time: i64,
+}
