@@ -9,7 +9,7 @@ use crate::signer::{
     create_key_file, load_key_file, sshsig_armored, CaSigner, KeyFileError, Passphrase,
 };
 use crate::store::{
-    BundleRow, CaKeyRow, CertKind, ElevatedPlan, IssueIntent, IssuedRow, SignedCert, SqliteStore,
+    BundleRow, CaKeyRow, CertKind, ElevatedPlan, RevocationKind, RevocationRow, IssueIntent, IssuedRow, SignedCert, SqliteStore,
     Store, StoreError, TrustRootRow,
 };
 use pedm_api::{BundleKey, KeyState, SignedBundle, TrustBundle, BUNDLE_NAMESPACE};
@@ -163,6 +163,24 @@ pub struct BaseIssue<'a> {
     /// SHA-256 hex of the session token.
     pub session: &'a str,
     pub details: serde_json::Value,
+}
+
+/// What `pedm-ca revoke` names.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    Serial(u64),
+    User(Username),
+    PublicKey(PublicKey),
+}
+
+fn check_reason(reason: &str) -> Result<String, CaError> {
+    let r = reason.trim();
+    if r.is_empty() || r.chars().count() > 200 || r.chars().any(char::is_control) {
+        return Err(CaError::Refused(
+            "--reason must be 1-200 printable characters".into(),
+        ));
+    }
+    Ok(r.to_string())
 }
 
 /// Decides, on the stored request, what its elevated certificate may carry.
@@ -555,13 +573,7 @@ impl Authority {
             .iter()
             .map(|p| Principal::new(p).map_err(|e| CaError::Refused(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > 200 || reason.chars().any(char::is_control)
-        {
-            return Err(CaError::Refused(
-                "--reason must be 1-200 printable characters".into(),
-            ));
-        }
+        let reason = check_reason(reason)?;
         let now = now_secs() as u64;
         let window = crate::cert::validity(now, ttl_secs, clock_skew_secs, &[]);
         let ext: BTreeSet<String> = ["permit-pty".to_string()].into();
@@ -576,6 +588,159 @@ impl Authority {
             None,
             serde_json::json!({"reason": reason, "operator": operator}),
         )
+    }
+
+    /// Revokes a serial, a user or a user public key. Refuses a serial this CA never issued
+    /// (a typo must not look like a revocation). Returns what changed; revoking what is
+    /// already revoked changes nothing.
+    pub fn revoke(
+        &self,
+        target: &RevokeTarget,
+        actor: &str,
+        reason: &str,
+    ) -> Result<crate::store::RevokeOutcome, CaError> {
+        let reason = check_reason(reason)?;
+        let (kind, value) = match target {
+            RevokeTarget::Serial(n) => {
+                if !self.store.certificate_exists(*n)? {
+                    return Err(CaError::Refused(format!(
+                        "this CA issued no certificate with serial {n}; check the serial (ssh-keygen -L -f CERT)"
+                    )));
+                }
+                (RevocationKind::Serial, n.to_string())
+            }
+            RevokeTarget::User(u) => (RevocationKind::User, u.to_string()),
+            RevokeTarget::PublicKey(k) => (RevocationKind::PublicKey, fingerprint(k)),
+        };
+        let now = now_secs();
+        let row = RevocationRow {
+            kind,
+            value: value.clone(),
+            reason: reason.clone(),
+            actor: actor.to_string(),
+            created_at: now,
+        };
+        let event = AuditEvent::new(
+            actor,
+            &format!("revoke.{}", kind.as_str()),
+            format!("{}={value}", kind.as_str()),
+            serde_json::json!({ "reason": reason }),
+        );
+        let out = self.store.revoke(&row, now, &event)?;
+        if out.new {
+            self.after_write()?;
+        }
+        Ok(out)
+    }
+
+    /// Lifts a user's revocation so they may sign in again (their old certificates stay
+    /// revoked until they expire: those serials remain in the KRL).
+    pub fn unrevoke_user(&self, user: &Username, actor: &str, reason: &str) -> Result<bool, CaError> {
+        let reason = check_reason(reason)?;
+        let event = AuditEvent::new(
+            actor,
+            "unrevoke.user",
+            format!("user={user}"),
+            serde_json::json!({ "reason": reason }),
+        );
+        let lifted = self
+            .store
+            .lift_revocation(RevocationKind::User, user.as_str(), now_secs(), &event)?;
+        if lifted {
+            self.after_write()?;
+        }
+        Ok(lifted)
+    }
+
+    /// Publishes a new signed KRL when what is revoked changed or less than half of the
+    /// current one's lifetime is left; returns the current one. Revoked serials leave the KRL
+    /// once their certificates have expired.
+    pub fn ensure_krl(&self, lifetime_secs: i64) -> Result<crate::store::KrlRow, CaError> {
+        let now = now_secs();
+        let keys = self.store.ca_keys()?;
+        let mut by_ca: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (ca, serial) in self.store.revoked_serials(now)? {
+            by_ca.entry(ca).or_default().push(serial);
+        }
+        let mut fingerprints: Vec<String> = self
+            .store
+            .revocations()?
+            .into_iter()
+            .filter(|r| matches!(r.kind, RevocationKind::PublicKey | RevocationKind::CaKey))
+            .map(|r| r.value)
+            .collect();
+        fingerprints.sort();
+        fingerprints.dedup();
+        let content = serde_json::json!({ "serials": by_ca, "fingerprints": fingerprints });
+        let content_sha256 = crate::login::sha256_hex(&content.to_string());
+        if let Some(current) = self.store.latest_krl()? {
+            let fresh = current.expires_at - now > lifetime_secs / 2;
+            if fresh && current.content_sha256 == content_sha256 {
+                return Ok(current);
+            }
+        }
+        let signer = self.signer.clone();
+        let row = self.store.publish_krl(&mut |version| {
+            let mut krl = crate::krl::Krl::new(version, now.max(0) as u64, "pedm-ssh")
+                .map_err(|e| e.to_string())?;
+            for (ca, serials) in &by_ca {
+                let key = keys
+                    .iter()
+                    .find(|k| &k.fingerprint == ca)
+                    .and_then(|k| PublicKey::from_openssh(&k.public_key).ok())
+                    .ok_or_else(|| format!("certificate signed by unknown CA key {ca}"))?;
+                let section = crate::krl::CaSection::new(
+                    Some(key.key_data().clone()),
+                    serials.iter().copied(),
+                    Vec::<String>::new(),
+                )
+                .map_err(|e| e.to_string())?;
+                krl = krl.with_certificates(section);
+            }
+            for fp in &fingerprints {
+                let parsed: ssh_key::Fingerprint =
+                    fp.parse().map_err(|e| format!("{fp}: {e}"))?;
+                krl = krl.with_fingerprint(&parsed).map_err(|e| e.to_string())?;
+            }
+            let bytes = krl.encode().map_err(|e| e.to_string())?;
+            let payload = pedm_api::krl::KrlPayload {
+                version,
+                issued_at: now,
+                expires_at: now + lifetime_secs,
+                ca_key: signer.fingerprint(),
+                krl: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes),
+            };
+            let payload = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
+            let signature = sshsig_armored(signer.as_ref(), pedm_api::krl::KRL_NAMESPACE, &payload)
+                .map_err(|e| e.to_string())?;
+            Ok(crate::store::KrlRow {
+                version,
+                payload,
+                signature,
+                content_sha256: content_sha256.clone(),
+                issued_at: now,
+                expires_at: now + lifetime_secs,
+            })
+        })?;
+        self.after_write()?;
+        Ok(row)
+    }
+
+    /// Makes a one-time join token for host enrollment; only its SHA-256 is stored.
+    pub fn join_token(&self, actor: &str, ttl_secs: i64) -> Result<String, CaError> {
+        let token = format!("pedm-join-{}", crate::login::new_token());
+        let hash = crate::login::sha256_hex(&token);
+        let now = now_secs();
+        let event = AuditEvent::new(
+            actor,
+            "host.token",
+            format!("token={}", &hash[..16]),
+            serde_json::json!({ "expires_at": now + ttl_secs }),
+        );
+        self.store
+            .create_join_token(&hash, now, now + ttl_secs, &event)?;
+        self.after_write()?;
+        Ok(token)
     }
 
     /// Counts a committed write and checkpoints every `checkpoint_every` records.

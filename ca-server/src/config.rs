@@ -64,6 +64,8 @@ pub struct Config {
     #[serde(default)]
     pub bundle: BundleConfig,
     #[serde(default)]
+    pub krl: KrlConfig,
+    #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -198,6 +200,26 @@ impl Default for BundleConfig {
     fn default() -> Self {
         Self {
             lifetime: default_bundle_lifetime(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KrlConfig {
+    /// How long a published KRL is valid; it is re-issued when half of that is gone.
+    #[serde(default = "default_krl_lifetime")]
+    pub lifetime: HumanDuration,
+}
+
+fn default_krl_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+impl Default for KrlConfig {
+    fn default() -> Self {
+        Self {
+            lifetime: default_krl_lifetime(),
         }
     }
 }
@@ -502,6 +524,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.krl.lifetime.0.as_secs() < 2 {
+            return Err(invalid("krl.lifetime", "must be at least 2s"));
+        }
         if !self.listen.ip().is_loopback() && self.tls.is_none() {
             return Err(invalid(
                 "listen",

@@ -9,6 +9,7 @@ pub mod cert;
 pub mod config;
 pub mod elevation;
 pub mod http;
+pub mod krl;
 pub mod login;
 pub mod metrics;
 pub mod names;

@@ -67,6 +67,46 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a certificate by serial, every certificate of a user (and their sign-ins until
+    /// `unrevoke`), or every certificate on a public key. Hosts refuse them after their next
+    /// refresh of the KRL.
+    ///
+    /// Example: pedm-ca revoke --data-dir /var/lib/pedm-ca --user mallory --reason "left the company"
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "user", "public_key"])))]
+    Revoke {
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        serial: Option<u64>,
+        #[arg(long)]
+        user: Option<String>,
+        /// The user's public key file.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Why; recorded in the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a revoked user sign in again (their old certificates stay revoked).
+    ///
+    /// Example: pedm-ca unrevoke --data-dir /var/lib/pedm-ca --user mallory --reason "back, new laptop"
+    Unrevoke {
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Host enrollment and coverage.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -126,6 +166,52 @@ enum PolicyCommand {
 const EXIT_REFUSED: i32 = 4;
 
 #[derive(Subcommand)]
+enum HostsCommand {
+    /// Make a one-time join token for `pedm-host-config enroll --token T`.
+    ///
+    /// Example: pedm-ca hosts token --data-dir /var/lib/pedm-ca --ttl 1h
+    Token {
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How long the token may be used.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Enrolled hosts with the bundle and KRL versions they last reported.
+    ///
+    /// Example: pedm-ca hosts list --data-dir /var/lib/pedm-ca
+    List {
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The data directory and passphrase file from `--data-dir` or the configuration.
+fn data_dir_of(
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>, u64)> {
+    match (data_dir, config) {
+        (Some(d), _) => Ok((d, None, 1000)),
+        (None, Some(c)) => {
+            let c = Config::load(&c)?;
+            Ok((c.data_dir, c.passphrase_file, c.audit.checkpoint_every))
+        }
+        (None, None) => anyhow::bail!("give --data-dir or --config"),
+    }
+}
+
+fn operator() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain and every signed checkpoint.
     ///
@@ -147,6 +233,9 @@ enum AuditCommand {
 }
 
 const MAX_BREAK_GLASS_TTL: u64 = 3600;
+/// Lifetime of a KRL published by a local command; `serve` re-issues it on its own schedule
+/// (`[krl] lifetime`).
+const KRL_LIFETIME_SECS: i64 = 3600;
 
 fn main() {
     let cli = Cli::parse();
@@ -241,6 +330,96 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 None => println!("{}", issued.row.certificate),
+            }
+            Ok(())
+        }
+        Command::Revoke {
+            data_dir,
+            config,
+            serial,
+            user,
+            public_key,
+            reason,
+        } => {
+            let (data_dir, pass_file, every) = data_dir_of(data_dir, config)?;
+            let target = match (serial, user, public_key) {
+                (Some(n), _, _) => authority::RevokeTarget::Serial(n),
+                (_, Some(u), _) => authority::RevokeTarget::User(
+                    pedm_ca::names::Username::new(&u).map_err(|e| anyhow::anyhow!("--user: {e}"))?,
+                ),
+                (_, _, Some(f)) => {
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    authority::RevokeTarget::PublicKey(pedm_ca::cert::parse_user_key(&text)?)
+                }
+                _ => anyhow::bail!("name --serial, --user or --public-key"),
+            };
+            let pass = passphrase(pass_file.as_deref())?;
+            let ca = Authority::open(&data_dir, pass.as_ref(), every)?;
+            let out = ca.revoke(&target, &format!("admin:{}", operator()), &reason)?;
+            if out.new {
+                let krl = ca.ensure_krl(KRL_LIFETIME_SECS)?;
+                eprintln!("published KRL version {}", krl.version);
+            }
+            ca.checkpoint()?;
+            if out.new {
+                println!(
+                    "revoked; {} session(s) and {} elevation(s) ended; hosts refuse it after their next KRL refresh",
+                    out.sessions_ended, out.elevations_ended
+                );
+            } else {
+                println!("already revoked; nothing changed");
+            }
+            Ok(())
+        }
+        Command::Unrevoke {
+            data_dir,
+            config,
+            user,
+            reason,
+        } => {
+            let (data_dir, pass_file, every) = data_dir_of(data_dir, config)?;
+            let user =
+                pedm_ca::names::Username::new(&user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+            let pass = passphrase(pass_file.as_deref())?;
+            let ca = Authority::open(&data_dir, pass.as_ref(), every)?;
+            if ca.unrevoke_user(&user, &format!("admin:{}", operator()), &reason)? {
+                ca.checkpoint()?;
+                println!("{user} may sign in again; their earlier certificates stay revoked");
+            } else {
+                println!("{user} was not revoked; nothing changed");
+            }
+            Ok(())
+        }
+        Command::Hosts {
+            command: HostsCommand::Token { data_dir, config, ttl },
+        } => {
+            let (data_dir, pass_file, every) = data_dir_of(data_dir, config)?;
+            let ttl = pedm_api::duration::parse(&ttl).context("--ttl")?;
+            let pass = passphrase(pass_file.as_deref())?;
+            let ca = Authority::open(&data_dir, pass.as_ref(), every)?;
+            let token = ca.join_token(&format!("admin:{}", operator()), ttl.as_secs() as i64)?;
+            ca.checkpoint()?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Hosts {
+            command: HostsCommand::List { data_dir, config },
+        } => {
+            let (data_dir, _, _) = data_dir_of(data_dir, config)?;
+            let store = SqliteStore::open(&data_dir.join(DB_FILE))?;
+            for (host, checkin) in store.latest_checkins()? {
+                match checkin {
+                    Some(c) => println!(
+                        "{} {} bundle={} krl={} at={}",
+                        host.host_name,
+                        host.host_key_fp,
+                        c.bundle_version,
+                        c.krl_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        c.at
+                    ),
+                    None => println!("{} {} (no check-in yet)", host.host_name, host.host_key_fp),
+                }
             }
             Ok(())
         }

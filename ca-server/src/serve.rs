@@ -82,16 +82,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let krl_lifetime = config.krl.lifetime.0.as_secs() as i64;
+    authority_krl(&state, krl_lifetime).await?;
     let refresher = {
         let state = state.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 let s = state.clone();
-                let r =
-                    tokio::task::spawn_blocking(move || s.authority.ensure_bundle(lifetime)).await;
+                let r = tokio::task::spawn_blocking(move || {
+                    s.authority.ensure_bundle(lifetime)?;
+                    s.authority.ensure_krl(krl_lifetime)
+                })
+                .await;
                 if let Ok(Err(e)) = r {
-                    tracing::error!("re-signing the trust bundle failed: {e}");
+                    tracing::error!("re-signing the trust bundle or the KRL failed: {e}");
                 }
             }
         })
@@ -142,6 +147,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await??;
     tracing::info!("stopped; audit checkpoint written");
+    Ok(())
+}
+
+/// Publishes the first KRL (or a fresh one) before the CA answers anyone.
+async fn authority_krl(state: &Arc<AppState>, lifetime: i64) -> anyhow::Result<()> {
+    let s = state.clone();
+    let row = tokio::task::spawn_blocking(move || s.authority.ensure_krl(lifetime)).await??;
+    tracing::info!(version = row.version, "KRL ready");
     Ok(())
 }
 

@@ -214,6 +214,29 @@ pub async fn finish(
         }
     };
 
+    let revoked = {
+        let user = who.username.to_string();
+        blocking(&state, move |s| {
+            s.authority
+                .store
+                .is_revoked(crate::store::RevocationKind::User, &user)
+                .map_err(|e| ApiError::internal("reading revocations", e))
+        })
+        .await?
+    };
+    if revoked {
+        audit_refusal(
+            &state,
+            "login.refused",
+            format!("login={}", &state_hash[..16]),
+            format!("user {} is revoked", who.username),
+        )
+        .await;
+        return Err(ApiError::new(
+            ProblemType::Forbidden,
+            "your access is revoked; no session was created. Ask the security team (pedm-ca unrevoke)",
+        ));
+    }
     let token = login::new_token();
     let session_ttl = state.config.certs.session_ttl.0.as_secs() as i64;
     let row = SessionRow {

@@ -13,7 +13,7 @@ use crate::elevation;
 use crate::names::{ElevationId, Principal, Username};
 use crate::policy::Identity;
 use crate::store::CertKind;
-use crate::store::{DecisionRow, ElevationChange, ElevationRow};
+use crate::store::{DecisionRow, ElevationChange, ElevationRow, RevocationKind};
 use axum::extract::State;
 use axum::Json;
 use pedm_api::{
@@ -44,6 +44,36 @@ pub async fn issue(
             return Err(ApiError::new(kind, format!("{e}; nothing was issued")));
         }
     };
+    {
+        let (user, fp) = (
+            session.user.clone(),
+            key.fingerprint(ssh_key::HashAlg::Sha256).to_string(),
+        );
+        let revoked = blocking(&state, move |s| {
+            let store = &s.authority.store;
+            let fail = |e| ApiError::internal("reading revocations", e);
+            Ok((
+                store.is_revoked(RevocationKind::User, &user).map_err(fail)?,
+                store.is_revoked(RevocationKind::PublicKey, &fp).map_err(fail)?,
+            ))
+        })
+        .await?;
+        match revoked {
+            (true, _) => {
+                return Err(ApiError::new(
+                    ProblemType::Forbidden,
+                    "your access is revoked; nothing was issued. Ask the security team (pedm-ca unrevoke)",
+                ))
+            }
+            (_, true) => {
+                return Err(ApiError::new(
+                    ProblemType::Forbidden,
+                    "this public key is revoked; nothing was issued. Create a new key (pedm-ssh login --key NEW_PATH)",
+                ))
+            }
+            _ => {}
+        }
+    }
     let username = Username::new(&session.user)
         .map_err(|e| ApiError::internal("reading the session's username", e))?;
     let identity = Identity {

@@ -4,6 +4,7 @@ pub mod auth;
 mod certs;
 pub mod elevations;
 pub mod error;
+mod hosts;
 mod routes;
 
 use crate::authority::Authority;
@@ -39,6 +40,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(routes::metrics))
         .route("/v1/ca/bundle", get(routes::bundle))
         .route("/v1/ca/keys", get(routes::ca_keys))
+        .route("/v1/krl", get(hosts::krl))
+        .route("/v1/hosts/enroll", post(hosts::enroll))
+        .route("/v1/hosts/checkin", post(hosts::checkin))
         .route("/v1/auth/info", get(auth::info))
         .route("/v1/auth/oidc/start", post(auth::start))
         .route("/v1/auth/oidc/finish", post(auth::finish))

@@ -238,6 +238,105 @@ pub type ElevationPlanner<'a> =
 pub type ElevationDecider<'a> = dyn FnMut(&ElevationRow, &[DecisionRow]) -> std::result::Result<ElevationChange, Rejection>
     + 'a;
 
+/// What a revocation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// One certificate, by serial (decimal text).
+    Serial,
+    /// Every certificate of a user, and their sign-ins until lifted.
+    User,
+    /// A user public key, by `SHA256:` fingerprint: every certificate on it, and new ones.
+    PublicKey,
+    /// A CA key, by `SHA256:` fingerprint: everything it signed.
+    CaKey,
+}
+
+impl RevocationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serial => "serial",
+            Self::User => "user",
+            Self::PublicKey => "public_key",
+            Self::CaKey => "ca_key",
+        }
+    }
+}
+
+impl std::str::FromStr for RevocationKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "serial" => Ok(Self::Serial),
+            "user" => Ok(Self::User),
+            "public_key" => Ok(Self::PublicKey),
+            "ca_key" => Ok(Self::CaKey),
+            other => Err(format!("unknown revocation kind {other:?}")),
+        }
+    }
+}
+
+/// An active revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRow {
+    pub kind: RevocationKind,
+    pub value: String,
+    pub reason: String,
+    pub actor: String,
+    pub created_at: i64,
+}
+
+/// What a revocation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokeOutcome {
+    /// False when the same revocation was already in force (nothing changed).
+    pub new: bool,
+    pub sessions_ended: u64,
+    pub elevations_ended: u64,
+}
+
+/// A published KRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KrlRow {
+    pub version: u64,
+    /// The signed JSON payload (`pedm_api::krl::KrlPayload`).
+    pub payload: Vec<u8>,
+    pub signature: String,
+    /// SHA-256 hex of what the KRL revokes, to tell when a new one is needed.
+    pub content_sha256: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+/// Signs the KRL for an allocated version.
+pub type KrlMaker<'a> = dyn FnMut(u64) -> std::result::Result<KrlRow, String> + 'a;
+
+/// An enrolled host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRow {
+    pub host_key_fp: String,
+    pub host_name: String,
+    pub host_key: String,
+    pub enrolled_at: i64,
+}
+
+/// A host's report of what it installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckinRow {
+    pub host_key_fp: String,
+    pub bundle_version: u64,
+    pub krl_version: Option<u64>,
+    pub at: i64,
+}
+
+/// How an enrollment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollOutcome {
+    Enrolled,
+    UnknownToken,
+    TokenUsed,
+    TokenExpired,
+}
+
 /// Everything the CA persists.
 pub trait Store: Send + Sync {
     /// Sets up a new CA: trust root, first active key, the `ca.init` record.
@@ -287,6 +386,45 @@ pub trait Store: Send + Sync {
         id: &str,
         decide: &mut ElevationDecider<'_>,
     ) -> Result<Option<ElevationRow>>;
+    /// Records a revocation with its audit record; a user revocation also ends the user's
+    /// sessions and open elevations in the same transaction.
+    fn revoke(&self, r: &RevocationRow, now: i64, event: &AuditEvent) -> Result<RevokeOutcome>;
+    /// Lifts an active revocation; false if there was none.
+    fn lift_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<bool>;
+    /// Active revocations.
+    fn revocations(&self) -> Result<Vec<RevocationRow>>;
+    fn is_revoked(&self, kind: RevocationKind, value: &str) -> Result<bool>;
+    /// (CA key, serial) of every unexpired certificate that a revocation covers.
+    fn revoked_serials(&self, now: i64) -> Result<Vec<(String, u64)>>;
+    fn certificate_exists(&self, serial: u64) -> Result<bool>;
+    fn latest_krl(&self) -> Result<Option<KrlRow>>;
+    /// Allocates the next KRL version and stores what `make` signs for it, with audit.
+    fn publish_krl(&self, make: &mut KrlMaker<'_>) -> Result<KrlRow>;
+    fn create_join_token(
+        &self,
+        token_sha256: &str,
+        now: i64,
+        expires_at: i64,
+        event: &AuditEvent,
+    ) -> Result<()>;
+    /// Consumes a join token and enrolls the host key, in one transaction.
+    fn enroll_host(
+        &self,
+        token_sha256: &str,
+        host: &HostRow,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<EnrollOutcome>;
+    fn host(&self, host_key_fp: &str) -> Result<Option<HostRow>>;
+    fn record_checkin(&self, checkin: &CheckinRow, event: &AuditEvent) -> Result<()>;
+    /// Every enrolled host with its newest check-in.
+    fn latest_checkins(&self) -> Result<Vec<(HostRow, Option<CheckinRow>)>>;
     /// Every request with its decisions created at or after `since` (reports).
     fn elevations_since(&self, since: i64) -> Result<Vec<(ElevationRow, Vec<DecisionRow>)>>;
     /// Records an event that changes nothing else (a refusal, say).

@@ -116,6 +116,46 @@ CREATE INDEX elevation_decisions_id ON elevation_decisions(elevation_id);
 ALTER TABLE certificates ADD COLUMN elevation_id TEXT REFERENCES elevations(id);
 ALTER TABLE pending_logins ADD COLUMN reauth INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+CREATE TABLE revocations (
+    id         INTEGER PRIMARY KEY,
+    kind       TEXT NOT NULL CHECK (kind IN ('serial','user','public_key','ca_key')),
+    value      TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    lifted_at  INTEGER
+);
+CREATE UNIQUE INDEX revocations_active ON revocations(kind, value) WHERE lifted_at IS NULL;
+CREATE TABLE krls (
+    version    INTEGER PRIMARY KEY CHECK (version > 0),
+    payload    BLOB NOT NULL,
+    signature  TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE join_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    used_at      INTEGER,
+    used_by      TEXT
+);
+CREATE TABLE hosts (
+    host_key_fp TEXT PRIMARY KEY,
+    host_name   TEXT NOT NULL,
+    host_key    TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL
+);
+CREATE TABLE host_checkins (
+    host_key_fp    TEXT NOT NULL REFERENCES hosts(host_key_fp),
+    bundle_version INTEGER NOT NULL,
+    krl_version    INTEGER,
+    at             INTEGER NOT NULL
+);
+CREATE INDEX host_checkins_host ON host_checkins(host_key_fp, at);
+"#,
 ];
 
 /// The SQLite store. One connection per process, used under a mutex: one writer, which
@@ -610,6 +650,264 @@ impl Store for SqliteStore {
             let change = decide(&row, &decisions).map_err(StoreError::Rejected)?;
             apply_change(tx, id, &change)?;
             Ok(read_elevation(tx, id)?.map(|(r, _)| r))
+        })
+    }
+
+    fn revoke(&self, r: &RevocationRow, now: i64, event: &AuditEvent) -> Result<RevokeOutcome> {
+        self.write(|tx| {
+            let exists: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM revocations WHERE kind = ?1 AND value = ?2 AND lifted_at IS NULL",
+                params![r.kind.as_str(), r.value],
+                |row| row.get(0),
+            )?;
+            if exists > 0 {
+                return Ok(RevokeOutcome { new: false, sessions_ended: 0, elevations_ended: 0 });
+            }
+            tx.execute(
+                "INSERT INTO revocations (kind, value, reason, actor, created_at) VALUES (?1,?2,?3,?4,?5)",
+                params![r.kind.as_str(), r.value, r.reason, r.actor, r.created_at],
+            )?;
+            let mut out = RevokeOutcome { new: true, sessions_ended: 0, elevations_ended: 0 };
+            if r.kind == RevocationKind::User {
+                out.sessions_ended = tx.execute(
+                    "UPDATE sessions SET revoked_at = ?2 WHERE user = ?1 AND revoked_at IS NULL",
+                    params![r.value, now],
+                )? as u64;
+                out.elevations_ended = tx.execute(
+                    "UPDATE elevations SET state = 'revoked', ended_at = ?2 WHERE requester = ?1 AND state IN ('pending','approved','active')",
+                    params![r.value, now],
+                )? as u64;
+            }
+            let mut event = event.clone();
+            if let Some(obj) = event.details.as_object_mut() {
+                obj.insert("sessions_ended".into(), out.sessions_ended.into());
+                obj.insert("elevations_ended".into(), out.elevations_ended.into());
+            }
+            append(tx, &event)?;
+            Ok(out)
+        })
+    }
+
+    fn lift_revocation(&self, kind: RevocationKind, value: &str, now: i64, event: &AuditEvent) -> Result<bool> {
+        self.write(|tx| {
+            if kind == RevocationKind::User {
+                // The user may sign in again, but what they held when revoked stays revoked:
+                // their unexpired certificates become serial revocations first.
+                tx.execute(
+                    "INSERT INTO revocations (kind, value, reason, actor, created_at)
+                     SELECT 'serial', CAST(c.serial AS TEXT), 'issued before the revocation of user ' || ?1, 'system', ?2
+                     FROM certificates c
+                     WHERE c.user = ?1 AND c.valid_before > ?2
+                       AND c.issued_at <= (SELECT MAX(created_at) FROM revocations WHERE kind = 'user' AND value = ?1 AND lifted_at IS NULL)
+                       AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.kind = 'serial' AND r.value = CAST(c.serial AS TEXT) AND r.lifted_at IS NULL)",
+                    params![value, now],
+                )?;
+            }
+            let n = tx.execute(
+                "UPDATE revocations SET lifted_at = ?3 WHERE kind = ?1 AND value = ?2 AND lifted_at IS NULL",
+                params![kind.as_str(), value, now],
+            )?;
+            if n > 0 {
+                append(tx, event)?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    fn revocations(&self) -> Result<Vec<RevocationRow>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT kind, value, reason, actor, created_at FROM revocations WHERE lifted_at IS NULL ORDER BY id")?;
+            let rows = st
+                .query_map([], |r| {
+                    let kind: String = r.get(0)?;
+                    Ok(RevocationRow {
+                        kind: kind.parse().map_err(|e: String| {
+                            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+                        })?,
+                        value: r.get(1)?,
+                        reason: r.get(2)?,
+                        actor: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn is_revoked(&self, kind: RevocationKind, value: &str) -> Result<bool> {
+        self.read(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM revocations WHERE kind = ?1 AND value = ?2 AND lifted_at IS NULL",
+                params![kind.as_str(), value],
+                |r| r.get(0),
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    fn revoked_serials(&self, now: i64) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT ca_key, serial FROM certificates c WHERE valid_before > ?1 AND EXISTS (
+                    SELECT 1 FROM revocations r WHERE r.lifted_at IS NULL AND (
+                        (r.kind = 'serial' AND r.value = CAST(c.serial AS TEXT)) OR
+                        (r.kind = 'user' AND r.value = c.user AND c.issued_at <= r.created_at) OR
+                        (r.kind = 'public_key' AND r.value = c.public_key_fp)))
+                 ORDER BY ca_key, serial",
+            )?;
+            let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn certificate_exists(&self, serial: u64) -> Result<bool> {
+        self.read(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM certificates WHERE serial = ?1", [serial], |r| r.get(0))?;
+            Ok(n > 0)
+        })
+    }
+
+    fn latest_krl(&self) -> Result<Option<KrlRow>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT version, payload, signature, content_sha256, issued_at, expires_at FROM krls ORDER BY version DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(KrlRow {
+                        version: r.get(0)?,
+                        payload: r.get(1)?,
+                        signature: r.get(2)?,
+                        content_sha256: r.get(3)?,
+                        issued_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    fn publish_krl(&self, make: &mut KrlMaker<'_>) -> Result<KrlRow> {
+        self.write(|tx| {
+            let version: u64 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM krls", [], |r| r.get(0))?;
+            let row = make(version).map_err(StoreError::Other)?;
+            tx.execute(
+                "INSERT INTO krls (version, payload, signature, content_sha256, issued_at, expires_at) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![row.version, row.payload, row.signature, row.content_sha256, row.issued_at, row.expires_at],
+            )?;
+            append(
+                tx,
+                &AuditEvent::new(
+                    "system",
+                    "krl.publish",
+                    format!("version={}", row.version),
+                    serde_json::json!({"expires_at": row.expires_at, "content_sha256": row.content_sha256}),
+                ),
+            )?;
+            Ok(row)
+        })
+    }
+
+    fn create_join_token(&self, token_sha256: &str, now: i64, expires_at: i64, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO join_tokens (token_sha256, created_at, expires_at) VALUES (?1,?2,?3)",
+                params![token_sha256, now, expires_at],
+            )?;
+            append(tx, event)?;
+            Ok(())
+        })
+    }
+
+    fn enroll_host(&self, token_sha256: &str, host: &HostRow, now: i64, event: &AuditEvent) -> Result<EnrollOutcome> {
+        self.write(|tx| {
+            let token: Option<(i64, Option<i64>)> = tx
+                .query_row(
+                    "SELECT expires_at, used_at FROM join_tokens WHERE token_sha256 = ?1",
+                    [token_sha256],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match token {
+                None => return Ok(EnrollOutcome::UnknownToken),
+                Some((_, Some(_))) => return Ok(EnrollOutcome::TokenUsed),
+                Some((exp, None)) if now >= exp => return Ok(EnrollOutcome::TokenExpired),
+                Some(_) => {}
+            }
+            tx.execute(
+                "UPDATE join_tokens SET used_at = ?2, used_by = ?3 WHERE token_sha256 = ?1",
+                params![token_sha256, now, host.host_key_fp],
+            )?;
+            tx.execute(
+                "INSERT INTO hosts (host_key_fp, host_name, host_key, enrolled_at) VALUES (?1,?2,?3,?4)
+                 ON CONFLICT(host_key_fp) DO UPDATE SET host_name = excluded.host_name",
+                params![host.host_key_fp, host.host_name, host.host_key, host.enrolled_at],
+            )?;
+            append(tx, event)?;
+            Ok(EnrollOutcome::Enrolled)
+        })
+    }
+
+    fn host(&self, host_key_fp: &str) -> Result<Option<HostRow>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT host_key_fp, host_name, host_key, enrolled_at FROM hosts WHERE host_key_fp = ?1",
+                [host_key_fp],
+                |r| {
+                    Ok(HostRow {
+                        host_key_fp: r.get(0)?,
+                        host_name: r.get(1)?,
+                        host_key: r.get(2)?,
+                        enrolled_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    fn record_checkin(&self, c: &CheckinRow, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO host_checkins (host_key_fp, bundle_version, krl_version, at) VALUES (?1,?2,?3,?4)",
+                params![c.host_key_fp, c.bundle_version, c.krl_version, c.at],
+            )?;
+            append(tx, event)?;
+            Ok(())
+        })
+    }
+
+    fn latest_checkins(&self) -> Result<Vec<(HostRow, Option<CheckinRow>)>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT h.host_key_fp, h.host_name, h.host_key, h.enrolled_at, k.bundle_version, k.krl_version, k.at
+                 FROM hosts h LEFT JOIN host_checkins k ON k.rowid = (
+                    SELECT rowid FROM host_checkins WHERE host_key_fp = h.host_key_fp ORDER BY at DESC, rowid DESC LIMIT 1)
+                 ORDER BY h.host_name",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    let host = HostRow {
+                        host_key_fp: r.get(0)?,
+                        host_name: r.get(1)?,
+                        host_key: r.get(2)?,
+                        enrolled_at: r.get(3)?,
+                    };
+                    let at: Option<i64> = r.get(6)?;
+                    let checkin = match at {
+                        Some(at) => Some(CheckinRow {
+                            host_key_fp: host.host_key_fp.clone(),
+                            bundle_version: r.get(4)?,
+                            krl_version: r.get(5)?,
+                            at,
+                        }),
+                        None => None,
+                    };
+                    Ok((host, checkin))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
     }
 

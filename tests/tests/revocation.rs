@@ -1,0 +1,227 @@
+//! Revocation end to end: `pedm-ca revoke` beside a running CA, the signed KRL it publishes at
+//! `GET /v1/krl` (checked with `ssh-keygen -Q` and installed where the host drop-in points
+//! `RevokedKeys`), and a real sshd that then refuses exactly what was revoked.
+
+use pedm_api::krl::SignedKrl;
+use pedm_api::SignedBundle;
+use pedm_e2e::ca::{audit_export, describe};
+use pedm_e2e::keys::UserKey;
+use pedm_e2e::signin::{api_login, call, problem_slug, SignInSetup};
+use pedm_e2e::sshd::TestSshd;
+use pedm_e2e::{env, users};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const LOG_WAIT: Duration = Duration::from_secs(15);
+
+fn cert_for(s: &SignInSetup, token: &str, key: &UserKey, dir: &Path, name: &str) -> PathBuf {
+    let public = std::fs::read_to_string(&key.public).unwrap();
+    let (st, c) = call(
+        &s.server,
+        "POST",
+        "/v1/certs",
+        Some(&json!({ "public_key": public })),
+        Some(token),
+    );
+    assert_eq!(st, 200, "{c}");
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!("{}\n", c["base"]["certificate"].as_str().unwrap()),
+    )
+    .unwrap();
+    p
+}
+
+fn serial_of(cert: &Path) -> u64 {
+    pedm_e2e::keys::inspect_cert(cert).unwrap().serial
+}
+
+/// The KRL the CA serves, verified against the root-signed bundle, written to `path`.
+fn fetch_krl(s: &SignInSetup, path: &Path) -> u64 {
+    let (st, b) = call(&s.server, "GET", "/v1/ca/bundle", None, None);
+    assert_eq!(st, 200);
+    let bundle: SignedBundle = serde_json::from_value(b).unwrap();
+    let bundle = bundle
+        .verify(&s.ca.trust_root, pedm_e2e::keys::now_unix())
+        .unwrap();
+    let (st, k) = call(&s.server, "GET", "/v1/krl", None, None);
+    assert_eq!(st, 200, "{k}");
+    let signed: SignedKrl = serde_json::from_value(k).unwrap();
+    let v = signed
+        .verify(&bundle, pedm_e2e::keys::now_unix(), None)
+        .expect("the KRL verifies against the bundle's active key");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &v.krl).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    v.payload.version
+}
+
+/// `ssh-keygen -Q -f KRL CERT`: true when revoked.
+fn revoked(krl: &Path, cert: &Path) -> bool {
+    let out = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(krl)
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match (out.status.success(), text.contains("REVOKED")) {
+        (false, true) => true,
+        (true, false) => false,
+        _ => panic!("ssh-keygen -Q said {text:?} with {}", out.status),
+    }
+}
+
+fn revoke(s: &SignInSetup, args: &[&str]) -> std::process::Output {
+    s.ca.command()
+        .args(["revoke", "--data-dir"])
+        .arg(&s.ca.data_dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn revoked_serial_user_and_key_are_refused_by_sshd_while_others_log_in() {
+    if !env::require_root_and_sshd() {
+        return;
+    }
+    let Some(s) = SignInSetup::start().expect("IdP and CA") else {
+        return;
+    };
+    users::ensure_user("alice");
+    users::ensure_user("bob");
+    let sshd = TestSshd::start(s.server.url(), &s.ca.trust_root, "").expect("sshd");
+    let krl = sshd.pedm_dir().join("revoked-keys.krl");
+    let dir = s.dir.path();
+    let alice = api_login(&s.server, "alice", false).unwrap();
+    let bob = api_login(&s.server, "bob", false).unwrap();
+    let ka = UserKey::generate(&dir.join("alice_key")).unwrap();
+    let kb = UserKey::generate(&dir.join("bob_key")).unwrap();
+    let kb2 = UserKey::generate(&dir.join("bob_key2")).unwrap();
+    let alice_cert = cert_for(&s, &alice, &ka, dir, "alice.cert");
+    let bob_1 = cert_for(&s, &bob, &kb, dir, "bob1.cert");
+    let bob_2 = cert_for(&s, &bob, &kb, dir, "bob2.cert");
+    let bob_other_key = cert_for(&s, &bob, &kb2, dir, "bob3.cert");
+
+    // Before any revocation the KRL revokes nothing and everyone logs in.
+    let v1 = fetch_krl(&s, &krl);
+    for (user, key, cert) in [
+        ("alice", &ka, &alice_cert),
+        ("bob", &kb, &bob_1),
+        ("bob", &kb2, &bob_other_key),
+    ] {
+        assert!(!revoked(&krl, cert));
+        let out = sshd.ssh(user, &key.private, Some(cert), "true");
+        assert!(out.status.success(), "{user}: {}", describe(&out));
+    }
+
+    // Revoke: bob's first serial, alice (the user), bob's second key.
+    let serial = serial_of(&bob_1).to_string();
+    for args in [
+        vec!["--serial", serial.as_str(), "--reason", "laptop stolen"],
+        vec!["--user", "alice", "--reason", "left the company"],
+        vec![
+            "--public-key",
+            kb2.public.to_str().unwrap(),
+            "--reason",
+            "key leaked",
+        ],
+    ] {
+        let out = revoke(&s, &args);
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+    }
+    // A serial this CA never issued is refused, not recorded.
+    let out = revoke(&s, &["--serial", "999999", "--reason", "typo"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no certificate with serial 999999"));
+
+    let v2 = fetch_krl(&s, &krl);
+    assert!(
+        v2 > v1,
+        "a new KRL version after revocations ({v1} -> {v2})"
+    );
+    for (cert, want) in [
+        (&bob_1, true),
+        (&alice_cert, true),
+        (&bob_other_key, true),
+        (&bob_2, false),
+    ] {
+        assert_eq!(revoked(&krl, cert), want, "{}", cert.display());
+    }
+    for (user, key, cert) in [
+        ("bob", &kb, &bob_1),
+        ("alice", &ka, &alice_cert),
+        ("bob", &kb2, &bob_other_key),
+    ] {
+        let mark = sshd.log_mark();
+        let out = sshd.ssh(user, &key.private, Some(cert), "true");
+        assert!(!out.status.success(), "{} still logs in", cert.display());
+        sshd.wait_for_log_since(mark, "revoked", LOG_WAIT).unwrap();
+    }
+    let out = sshd.ssh("bob", &kb.private, Some(&bob_2), "id -un");
+    assert!(
+        out.status.success(),
+        "an unrelated certificate is refused: {}",
+        describe(&out)
+    );
+
+    // alice's session ended and she cannot sign in again; bob's revoked key gets nothing new.
+    let (st, p) = call(
+        &s.server,
+        "POST",
+        "/v1/certs",
+        Some(&json!({"public_key": std::fs::read_to_string(&ka.public).unwrap()})),
+        Some(&alice),
+    );
+    assert_eq!(
+        (st, problem_slug(&p)),
+        (401, "sign-in-required".into()),
+        "{p}"
+    );
+    let err = api_login(&s.server, "alice", false).unwrap_err();
+    assert!(format!("{err:#}").contains("forbidden"), "{err:#}");
+    let (st, p) = call(
+        &s.server,
+        "POST",
+        "/v1/certs",
+        Some(&json!({"public_key": std::fs::read_to_string(&kb2.public).unwrap()})),
+        Some(&bob),
+    );
+    assert_eq!((st, problem_slug(&p)), (403, "forbidden".into()), "{p}");
+
+    // unrevoke lets alice sign in again; her old certificate stays revoked.
+    let out =
+        s.ca.command()
+            .args(["unrevoke", "--data-dir"])
+            .arg(&s.ca.data_dir)
+            .args(["--user", "alice", "--reason", "rehired"])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    api_login(&s.server, "alice", false).expect("alice signs in after unrevoke");
+    fetch_krl(&s, &krl);
+    assert!(
+        revoked(&krl, &alice_cert),
+        "her earlier certificate is still revoked"
+    );
+
+    let actions: Vec<String> = String::from_utf8_lossy(&audit_export(&s.ca.data_dir).stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|r| r["action"].as_str().map(str::to_string))
+        .collect();
+    for a in [
+        "revoke.serial",
+        "revoke.user",
+        "revoke.public_key",
+        "unrevoke.user",
+        "krl.publish",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "no {a} in the audit log");
+    }
+}
