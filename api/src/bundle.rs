@@ -26,6 +26,8 @@ pub enum KeyState {
     Retired,
     /// Never to be trusted again.
     Revoked,
+    /// Retired and every certificate it signed has expired: no longer published.
+    Gone,
 }
 
 impl KeyState {
@@ -40,6 +42,7 @@ impl KeyState {
             KeyState::Active => "active",
             KeyState::Retired => "retired",
             KeyState::Revoked => "revoked",
+            KeyState::Gone => "gone",
         }
     }
 }
@@ -52,6 +55,7 @@ impl std::str::FromStr for KeyState {
             "active" => Ok(KeyState::Active),
             "retired" => Ok(KeyState::Retired),
             "revoked" => Ok(KeyState::Revoked),
+            "gone" => Ok(KeyState::Gone),
             other => Err(format!("unknown key state {other:?}")),
         }
     }

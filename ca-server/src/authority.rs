@@ -9,8 +9,8 @@ use crate::signer::{
     create_key_file, load_key_file, sshsig_armored, CaSigner, KeyFileError, Passphrase,
 };
 use crate::store::{
-    BundleRow, CaKeyRow, CertKind, ElevatedPlan, RevocationKind, RevocationRow, IssueIntent, IssuedRow, SignedCert, SqliteStore,
-    Store, StoreError, TrustRootRow,
+    BundleRow, CaKeyRow, CertKind, ElevatedPlan, IssueIntent, IssuedRow, RevocationKind,
+    RevocationRow, SignedCert, SqliteStore, Store, StoreError, TrustRootRow,
 };
 use pedm_api::{BundleKey, KeyState, SignedBundle, TrustBundle, BUNDLE_NAMESPACE};
 use ssh_key::{HashAlg, PublicKey};
@@ -19,7 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// File names inside the data directory.
 pub const DB_FILE: &str = "pedm.db";
@@ -117,6 +117,8 @@ pub fn init(
         state: KeyState::Active,
         key_file: ca_file.into(),
         created_at: now_secs(),
+        published_version: None,
+        published_at: None,
     };
     store.init_ca(
         &root_row,
@@ -131,7 +133,8 @@ pub fn init(
     let ca: Arc<dyn CaSigner> = Arc::new(ca);
     let authority = Authority {
         store: Arc::new(store),
-        signer: ca,
+        signer: RwLock::new(ca),
+        passphrase: passphrase.cloned(),
         root: Some(Arc::new(root)),
         data_dir: data_dir.to_path_buf(),
         checkpoint_every: 1000,
@@ -163,6 +166,16 @@ pub struct BaseIssue<'a> {
     /// SHA-256 hex of the session token.
     pub session: &'a str,
     pub details: serde_json::Value,
+}
+
+/// What stands between a staged key and its activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationCheck {
+    /// Checked-in hosts whose installed bundle names the key.
+    pub covering: u64,
+    pub checked_in: u64,
+    /// Why activation would be refused; empty when it may go ahead.
+    pub blockers: Vec<String>,
 }
 
 /// What `pedm-ca revoke` names.
@@ -232,7 +245,10 @@ fn sign_cert(
 /// A running CA.
 pub struct Authority {
     pub store: Arc<dyn Store>,
-    signer: Arc<dyn CaSigner>,
+    /// The active key, swapped when a rotation commits (here or in another process).
+    signer: RwLock<Arc<dyn CaSigner>>,
+    /// Kept to load the next key after a rotation; zeroized on drop.
+    passphrase: Option<Passphrase>,
     root: Option<Arc<dyn CaSigner>>,
     data_dir: PathBuf,
     checkpoint_every: u64,
@@ -280,7 +296,8 @@ impl Authority {
         };
         Ok(Self {
             store: Arc::new(store),
-            signer: Arc::new(signer),
+            signer: RwLock::new(Arc::new(signer)),
+            passphrase: passphrase.cloned(),
             root,
             data_dir: data_dir.to_path_buf(),
             checkpoint_every: checkpoint_every.max(1),
@@ -289,11 +306,48 @@ impl Authority {
     }
 
     pub fn active_key(&self) -> String {
-        self.signer.fingerprint()
+        self.current_signer().fingerprint()
     }
 
-    pub fn signer(&self) -> &dyn CaSigner {
-        self.signer.as_ref()
+    /// The signer now. Callers hold the `Arc` for one operation; the store refuses to record
+    /// a certificate whose signer is no longer the active key.
+    pub fn current_signer(&self) -> Arc<dyn CaSigner> {
+        match self.signer.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Loads the active key from the store if it is not the one in memory (a rotation by
+    /// `pedm-ca keys activate` in another process). Returns whether it changed.
+    pub fn reload_signer(&self) -> Result<bool, CaError> {
+        let keys = self.store.ca_keys()?;
+        let active = keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .ok_or_else(|| CaError::Refused("no active CA key in the store".into()))?;
+        if active.fingerprint == self.active_key() {
+            return Ok(false);
+        }
+        let signer = load_key_file(
+            &self.data_dir.join(&active.key_file),
+            self.passphrase.as_ref(),
+        )?;
+        if signer.fingerprint() != active.fingerprint {
+            return Err(CaError::Refused(format!(
+                "{} holds {}, but the store says the active key is {}",
+                active.key_file,
+                signer.fingerprint(),
+                active.fingerprint
+            )));
+        }
+        let signer: Arc<dyn CaSigner> = Arc::new(signer);
+        match self.signer.write() {
+            Ok(mut g) => *g = signer,
+            Err(poisoned) => *poisoned.into_inner() = signer,
+        }
+        tracing::info!(active_key = %active.fingerprint, "the active CA key changed; now signing with it");
+        Ok(true)
     }
 
     /// Signs and stores the next bundle version with the current key set.
@@ -348,6 +402,7 @@ impl Authority {
                     .collect();
                 let stored: BTreeMap<_, _> = keys
                     .iter()
+                    .filter(|k| k.state != KeyState::Gone)
                     .map(|k| (k.fingerprint.clone(), k.state))
                     .collect();
                 published == stored
@@ -397,8 +452,49 @@ impl Authority {
         session: Option<String>,
         details: serde_json::Value,
     ) -> Result<Issued, CaError> {
-        let intent = self.intent(kind, actor, user, public_key, principals, session, details);
-        let signer = self.signer.clone();
+        self.with_current_key(|| {
+            self.issue_once(
+                kind,
+                actor,
+                user,
+                public_key,
+                principals,
+                extensions,
+                window,
+                session.clone(),
+                details.clone(),
+            )
+        })
+    }
+
+    /// Runs `op`; when it fails because a rotation committed since the signer was loaded,
+    /// loads the new active key and runs it once more.
+    fn with_current_key<T>(&self, op: impl Fn() -> Result<T, CaError>) -> Result<T, CaError> {
+        match op() {
+            Err(CaError::Store(StoreError::KeyChanged { .. })) => {
+                self.reload_signer()?;
+                op()
+            }
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue_once(
+        &self,
+        kind: CertKind,
+        actor: &str,
+        user: Option<&Username>,
+        public_key: &PublicKey,
+        principals: &[Principal],
+        extensions: &BTreeSet<String>,
+        window: (u64, u64),
+        session: Option<String>,
+        details: serde_json::Value,
+    ) -> Result<Issued, CaError> {
+        let signer = self.current_signer();
+        let mut intent = self.intent(kind, actor, user, public_key, principals, session, details);
+        intent.ca_key = signer.fingerprint();
         let row = self.store.issue_certificate(&intent, &mut |serial| {
             let key_id = match user {
                 Some(u) if kind == CertKind::Base => KeyId::User {
@@ -443,7 +539,7 @@ impl Authority {
                 .unwrap_or_else(|| "break-glass".into()),
             principals: principals.iter().map(|p| p.to_string()).collect(),
             public_key_fingerprint: fingerprint(public_key),
-            ca_key: self.signer.fingerprint(),
+            ca_key: self.active_key(),
             session,
             elevation_id: None,
             details,
@@ -460,7 +556,23 @@ impl Authority {
         elevation: &ElevationId,
         decide: &mut GrantDecider<'_>,
     ) -> Result<(Issued, Issued), CaError> {
-        let base_intent = self.intent(
+        match self.issue_with_elevation_once(base, elevation, decide) {
+            Err(CaError::Store(StoreError::KeyChanged { .. })) => {
+                self.reload_signer()?;
+                self.issue_with_elevation_once(base, elevation, decide)
+            }
+            other => other,
+        }
+    }
+
+    fn issue_with_elevation_once(
+        &self,
+        base: &BaseIssue<'_>,
+        elevation: &ElevationId,
+        decide: &mut GrantDecider<'_>,
+    ) -> Result<(Issued, Issued), CaError> {
+        let signer = self.current_signer();
+        let mut base_intent = self.intent(
             CertKind::Base,
             base.user.as_str(),
             Some(base.user),
@@ -469,7 +581,7 @@ impl Authority {
             Some(base.session.to_string()),
             base.details.clone(),
         );
-        let signer = self.signer.clone();
+        base_intent.ca_key = signer.fingerprint();
         let mut plan_for = |row: &crate::store::ElevationRow,
                             decisions: &[crate::store::DecisionRow]|
          -> Result<ElevatedPlan, crate::store::Rejection> {
@@ -484,6 +596,7 @@ impl Authority {
                 serde_json::json!({ "elevation": row.elevation, "grant_ends_at": grant.ends_at }),
             );
             intent.elevation_id = Some(row.id.clone());
+            intent.ca_key = signer.fingerprint();
             Ok(ElevatedPlan {
                 intent,
                 activation: grant.activation,
@@ -635,7 +748,12 @@ impl Authority {
 
     /// Lifts a user's revocation so they may sign in again (their old certificates stay
     /// revoked until they expire: those serials remain in the KRL).
-    pub fn unrevoke_user(&self, user: &Username, actor: &str, reason: &str) -> Result<bool, CaError> {
+    pub fn unrevoke_user(
+        &self,
+        user: &Username,
+        actor: &str,
+        reason: &str,
+    ) -> Result<bool, CaError> {
         let reason = check_reason(reason)?;
         let event = AuditEvent::new(
             actor,
@@ -643,9 +761,9 @@ impl Authority {
             format!("user={user}"),
             serde_json::json!({ "reason": reason }),
         );
-        let lifted = self
-            .store
-            .lift_revocation(RevocationKind::User, user.as_str(), now_secs(), &event)?;
+        let lifted =
+            self.store
+                .lift_revocation(RevocationKind::User, user.as_str(), now_secs(), &event)?;
         if lifted {
             self.after_write()?;
         }
@@ -679,7 +797,7 @@ impl Authority {
                 return Ok(current);
             }
         }
-        let signer = self.signer.clone();
+        let signer = self.current_signer();
         let row = self.store.publish_krl(&mut |version| {
             let mut krl = crate::krl::Krl::new(version, now.max(0) as u64, "pedm-ssh")
                 .map_err(|e| e.to_string())?;
@@ -698,8 +816,7 @@ impl Authority {
                 krl = krl.with_certificates(section);
             }
             for fp in &fingerprints {
-                let parsed: ssh_key::Fingerprint =
-                    fp.parse().map_err(|e| format!("{fp}: {e}"))?;
+                let parsed: ssh_key::Fingerprint = fp.parse().map_err(|e| format!("{fp}: {e}"))?;
                 krl = krl.with_fingerprint(&parsed).map_err(|e| e.to_string())?;
             }
             let bytes = krl.encode().map_err(|e| e.to_string())?;
@@ -724,6 +841,256 @@ impl Authority {
         })?;
         self.after_write()?;
         Ok(row)
+    }
+
+    /// Creates a new CA key (encrypted with the CA's passphrase when it has one), stages it as
+    /// `next` and publishes a bundle naming it, so hosts trust it before it signs anything.
+    pub fn stage_key(&self, actor: &str, bundle_lifetime_secs: i64) -> Result<CaKeyRow, CaError> {
+        let keys = self.store.ca_keys()?;
+        if let Some(k) = keys.iter().find(|k| k.state == KeyState::Next) {
+            return Err(CaError::Refused(format!(
+                "{} is already staged; activate it (pedm-ca keys activate {}) before staging another",
+                k.fingerprint, k.fingerprint
+            )));
+        }
+        if self.root.is_none() {
+            return Err(CaError::Refused(
+                "the trust root is offline: a staged key must be published in a root-signed bundle first".into(),
+            ));
+        }
+        let file = format!("{KEYS_DIR}/ca-{}.key", keys.len() + 1);
+        let path = self.data_dir.join(&file);
+        if path.exists() {
+            return Err(CaError::Refused(format!(
+                "{} already exists; refusing to overwrite a key file",
+                path.display()
+            )));
+        }
+        let key = create_key_file(
+            &path,
+            self.passphrase.as_ref(),
+            &format!("pedm-ssh CA key {}", keys.len() + 1),
+        )?;
+        let row = CaKeyRow {
+            fingerprint: key.fingerprint(),
+            public_key: openssh_line(key.public_key()),
+            state: KeyState::Next,
+            key_file: file,
+            created_at: now_secs(),
+            published_version: None,
+            published_at: None,
+        };
+        self.store.add_ca_key(
+            &row,
+            &AuditEvent::new(
+                actor,
+                "key.stage",
+                row.fingerprint.clone(),
+                serde_json::json!({ "key_file": row.key_file }),
+            ),
+        )?;
+        self.after_write()?;
+        self.publish_bundle(actor, bundle_lifetime_secs)?;
+        Ok(row)
+    }
+
+    /// Whether the staged key `fingerprint` may be activated now, and why (not).
+    pub fn activation_check(
+        &self,
+        fingerprint: &str,
+        refresh_interval_secs: i64,
+        min_hosts: u64,
+        coverage: f64,
+    ) -> Result<ActivationCheck, CaError> {
+        let now = now_secs();
+        let keys = self.store.ca_keys()?;
+        let key = keys
+            .iter()
+            .find(|k| k.fingerprint == fingerprint)
+            .ok_or_else(|| {
+                CaError::Refused(format!("no CA key {fingerprint}; see `pedm-ca keys list`"))
+            })?;
+        let mut blockers = Vec::new();
+        if key.state != KeyState::Next {
+            blockers.push(format!(
+                "{fingerprint} is {}, not staged (next)",
+                key.state.as_str()
+            ));
+        }
+        let published_version = key.published_version.unwrap_or(u64::MAX);
+        match key.published_at {
+            None => blockers.push("it has not been published in a bundle yet".into()),
+            Some(at) if now < at + refresh_interval_secs => blockers.push(format!(
+                "it was published {}s ago; hosts refresh every {}s, wait {}s more",
+                now - at,
+                refresh_interval_secs,
+                at + refresh_interval_secs - now
+            )),
+            Some(_) => {}
+        }
+        let hosts = self.store.latest_checkins()?;
+        let checked_in = hosts.iter().filter(|(_, c)| c.is_some()).count() as u64;
+        let covering = hosts
+            .iter()
+            .filter(|(_, c)| {
+                c.as_ref()
+                    .is_some_and(|c| c.bundle_version >= published_version)
+            })
+            .count() as u64;
+        let share = if checked_in == 0 {
+            0.0
+        } else {
+            covering as f64 / checked_in as f64
+        };
+        if covering < min_hosts {
+            blockers.push(format!(
+                "{covering} checked-in host(s) trust it, at least {min_hosts} must ([hosts] min_hosts)"
+            ));
+        }
+        if share < coverage {
+            blockers.push(format!(
+                "{covering} of {checked_in} checked-in hosts trust it ({:.0}%), {:.0}% must ([hosts] coverage)",
+                share * 100.0,
+                coverage * 100.0
+            ));
+        }
+        Ok(ActivationCheck {
+            covering,
+            checked_in,
+            blockers,
+        })
+    }
+
+    /// Activates the staged key: the active key becomes retired, and a new bundle says so.
+    /// Refused while `check` has blockers unless `force` (audited as forced).
+    pub fn activate_key(
+        &self,
+        fingerprint: &str,
+        check: &ActivationCheck,
+        force: bool,
+        actor: &str,
+        bundle_lifetime_secs: i64,
+    ) -> Result<(), CaError> {
+        if !check.blockers.is_empty() && !force {
+            return Err(CaError::Refused(format!(
+                "not activating {fingerprint}: {}; pass --force to override (audited)",
+                check.blockers.join("; ")
+            )));
+        }
+        let previous = self.active_key();
+        self.store.activate_key(
+            fingerprint,
+            &AuditEvent::new(
+                actor,
+                "key.activate",
+                fingerprint.to_string(),
+                serde_json::json!({
+                    "previous": previous,
+                    "forced": force && !check.blockers.is_empty(),
+                    "blockers": check.blockers,
+                    "covering_hosts": check.covering,
+                    "checked_in_hosts": check.checked_in,
+                }),
+            ),
+        )?;
+        self.after_write()?;
+        self.reload_signer()?;
+        self.publish_bundle(actor, bundle_lifetime_secs)?;
+        Ok(())
+    }
+
+    /// Revokes a CA key that is not the active one: it leaves the trusted set in a new
+    /// bundle at once and its fingerprint goes into the KRL, so nothing it signed is accepted
+    /// and no KRL signed by it either. The active key must be replaced first.
+    pub fn revoke_ca_key(
+        &self,
+        fingerprint: &str,
+        actor: &str,
+        reason: &str,
+        bundle_lifetime_secs: i64,
+    ) -> Result<bool, CaError> {
+        let reason = check_reason(reason)?;
+        if fingerprint == self.active_key() {
+            return Err(CaError::Refused(format!(
+                "{fingerprint} is the active key; stage and activate a new one first (pedm-ca keys stage; pedm-ca keys activate NEW --force)"
+            )));
+        }
+        let changed = self.store.set_key_state(
+            fingerprint,
+            &[KeyState::Next, KeyState::Retired, KeyState::Gone],
+            KeyState::Revoked,
+            &AuditEvent::new(
+                actor,
+                "key.revoke",
+                fingerprint.to_string(),
+                serde_json::json!({ "reason": reason }),
+            ),
+        )?;
+        if !changed {
+            let known = self
+                .store
+                .ca_keys()?
+                .iter()
+                .any(|k| k.fingerprint == fingerprint);
+            if !known {
+                return Err(CaError::Refused(format!(
+                    "no CA key {fingerprint}; see `pedm-ca keys list`"
+                )));
+            }
+        }
+        let now = now_secs();
+        self.store.revoke(
+            &RevocationRow {
+                kind: RevocationKind::CaKey,
+                value: fingerprint.to_string(),
+                reason: reason.clone(),
+                actor: actor.to_string(),
+                created_at: now,
+            },
+            now,
+            &AuditEvent::new(
+                actor,
+                "revoke.ca_key",
+                format!("ca_key={fingerprint}"),
+                serde_json::json!({ "reason": reason }),
+            ),
+        )?;
+        self.after_write()?;
+        self.publish_bundle(actor, bundle_lifetime_secs)?;
+        Ok(changed)
+    }
+
+    /// Retired keys whose certificates have all expired become `gone` (no longer published).
+    pub fn retire_expired_keys(&self, bundle_lifetime_secs: i64) -> Result<usize, CaError> {
+        let now = now_secs();
+        let mut gone = 0;
+        for k in self
+            .store
+            .ca_keys()?
+            .into_iter()
+            .filter(|k| k.state == KeyState::Retired)
+        {
+            let last = self.store.last_valid_before(&k.fingerprint)?.unwrap_or(0);
+            if last <= now
+                && self.store.set_key_state(
+                    &k.fingerprint,
+                    &[KeyState::Retired],
+                    KeyState::Gone,
+                    &AuditEvent::new(
+                        "system",
+                        "key.gone",
+                        k.fingerprint.clone(),
+                        serde_json::json!({ "last_valid_before": last }),
+                    ),
+                )?
+            {
+                gone += 1;
+            }
+        }
+        if gone > 0 && self.root.is_some() {
+            self.publish_bundle("system", bundle_lifetime_secs)?;
+        }
+        Ok(gone)
     }
 
     /// Makes a one-time join token for host enrollment; only its SHA-256 is stored.
@@ -773,8 +1140,12 @@ impl Authority {
         {
             return Ok(None);
         }
-        let cp = Checkpoint::sign(&head, crate::store::now_ms_pub(), self.signer.as_ref())
-            .map_err(|e| CaError::Io(e.to_string()))?;
+        let cp = Checkpoint::sign(
+            &head,
+            crate::store::now_ms_pub(),
+            self.current_signer().as_ref(),
+        )
+        .map_err(|e| CaError::Io(e.to_string()))?;
         self.store.add_checkpoint(&cp)?;
         append_checkpoint_file(&self.data_dir.join(CHECKPOINT_FILE), &cp)?;
         Ok(Some(cp))

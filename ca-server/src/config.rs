@@ -66,6 +66,8 @@ pub struct Config {
     #[serde(default)]
     pub krl: KrlConfig,
     #[serde(default)]
+    pub hosts: HostsConfig,
+    #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -200,6 +202,39 @@ impl Default for BundleConfig {
     fn default() -> Self {
         Self {
             lifetime: default_bundle_lifetime(),
+        }
+    }
+}
+
+/// What key activation waits for: hosts must have had the time to fetch a bundle naming the
+/// new key, and enough of them must report that they trust it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsConfig {
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: HumanDuration,
+    #[serde(default = "default_min_hosts")]
+    pub min_hosts: u64,
+    #[serde(default = "default_coverage")]
+    pub coverage: f64,
+}
+
+fn default_refresh_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_min_hosts() -> u64 {
+    1
+}
+fn default_coverage() -> f64 {
+    0.9
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: default_refresh_interval(),
+            min_hosts: default_min_hosts(),
+            coverage: default_coverage(),
         }
     }
 }
@@ -524,6 +559,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.hosts.coverage) {
+            return Err(invalid(
+                "hosts.coverage",
+                "must be between 0 and 1 (a share of the checked-in hosts)",
+            ));
+        }
         if self.krl.lifetime.0.as_secs() < 2 {
             return Err(invalid("krl.lifetime", "must be at least 2s"));
         }

@@ -72,7 +72,7 @@ enum Command {
     /// refresh of the KRL.
     ///
     /// Example: pedm-ca revoke --data-dir /var/lib/pedm-ca --user mallory --reason "left the company"
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "user", "public_key"])))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "user", "public_key", "ca_key"])))]
     Revoke {
         #[arg(long, required_unless_present = "config")]
         data_dir: Option<PathBuf>,
@@ -85,6 +85,9 @@ enum Command {
         /// The user's public key file.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// A CA key by `SHA256:` fingerprint (not the active one): everything it signed.
+        #[arg(long)]
+        ca_key: Option<String>,
         /// Why; recorded in the audit log.
         #[arg(long)]
         reason: String,
@@ -101,6 +104,12 @@ enum Command {
         user: String,
         #[arg(long)]
         reason: String,
+    },
+    /// CA key rotation: list, status, stage, activate. Safe while `serve` runs: it signs with
+    /// the new key from the moment the activation commits.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Host enrollment and coverage.
     Hosts {
@@ -165,6 +174,85 @@ enum PolicyCommand {
 /// Exit code when `policy explain` finds the request refused (as `pedm-ssh` uses for denied).
 const EXIT_REFUSED: i32 = 4;
 
+#[derive(clap::Args)]
+struct KeysTarget {
+    /// The CA configuration ([hosts] guards, [bundle] lifetime).
+    #[arg(long, required_unless_present = "data_dir")]
+    config: Option<PathBuf>,
+    /// The data directory, with the default guards (refresh 5m, 1 host, 90%).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Every CA key ever used, with its state.
+    ///
+    /// Example: pedm-ca keys list --config /etc/pedm-ca/ca.toml
+    List(KeysTarget),
+    /// The staged key's activation guards and host coverage.
+    ///
+    /// Example: pedm-ca keys status --config /etc/pedm-ca/ca.toml
+    Status(KeysTarget),
+    /// Create a new key and publish it as `next` (hosts trust it before it signs anything).
+    ///
+    /// Example: pedm-ca keys stage --config /etc/pedm-ca/ca.toml
+    Stage(KeysTarget),
+    /// Make the staged key active (the active one becomes retired). Refused until the key has
+    /// been published for the hosts' refresh interval and enough hosts trust it.
+    ///
+    /// Example: pedm-ca keys activate SHA256:… --config /etc/pedm-ca/ca.toml
+    Activate {
+        fingerprint: String,
+        #[command(flatten)]
+        target: KeysTarget,
+        /// Activate despite the guards (audited as forced).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Data directory, passphrase file, checkpoint interval, bundle lifetime and [hosts] guards.
+struct KeysSettings {
+    data_dir: PathBuf,
+    passphrase_file: Option<PathBuf>,
+    checkpoint_every: u64,
+    bundle_lifetime: i64,
+    hosts: pedm_ca::config::HostsConfig,
+}
+
+fn keys_settings(t: KeysTarget) -> anyhow::Result<KeysSettings> {
+    match (t.config, t.data_dir) {
+        (Some(c), _) => {
+            let c = Config::load(&c)?;
+            Ok(KeysSettings {
+                data_dir: c.data_dir,
+                passphrase_file: c.passphrase_file,
+                checkpoint_every: c.audit.checkpoint_every,
+                bundle_lifetime: c.bundle.lifetime.0.as_secs() as i64,
+                hosts: c.hosts,
+            })
+        }
+        (None, Some(d)) => Ok(KeysSettings {
+            data_dir: d,
+            passphrase_file: None,
+            checkpoint_every: 1000,
+            bundle_lifetime: 7 * 86_400,
+            hosts: pedm_ca::config::HostsConfig::default(),
+        }),
+        (None, None) => anyhow::bail!("give --config or --data-dir"),
+    }
+}
+
+fn open_for_keys(k: &KeysSettings) -> anyhow::Result<Authority> {
+    let pass = passphrase(k.passphrase_file.as_deref())?;
+    Ok(Authority::open(
+        &k.data_dir,
+        pass.as_ref(),
+        k.checkpoint_every,
+    )?)
+}
+
 #[derive(Subcommand)]
 enum HostsCommand {
     /// Make a one-time join token for `pedm-host-config enroll --token T`.
@@ -202,6 +290,97 @@ fn data_dir_of(
             Ok((c.data_dir, c.passphrase_file, c.audit.checkpoint_every))
         }
         (None, None) => anyhow::bail!("give --data-dir or --config"),
+    }
+}
+
+fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
+    let actor = format!("admin:{}", operator());
+    match command {
+        KeysCommand::List(t) => {
+            let k = keys_settings(t)?;
+            let store = SqliteStore::open(&k.data_dir.join(DB_FILE))?;
+            for key in store.ca_keys()? {
+                println!(
+                    "{} {} published_in_bundle={}",
+                    key.fingerprint,
+                    key.state.as_str(),
+                    key.published_version
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Status(t) => {
+            let k = keys_settings(t)?;
+            let ca = open_for_keys(&k)?;
+            println!("active: {}", ca.active_key());
+            let staged = ca
+                .store
+                .ca_keys()?
+                .into_iter()
+                .find(|key| key.state == pedm_api::KeyState::Next);
+            match staged {
+                None => println!("staged: none (pedm-ca keys stage)"),
+                Some(key) => {
+                    let check = ca.activation_check(
+                        &key.fingerprint,
+                        k.hosts.refresh_interval.0.as_secs() as i64,
+                        k.hosts.min_hosts,
+                        k.hosts.coverage,
+                    )?;
+                    println!("staged: {}", key.fingerprint);
+                    println!(
+                        "coverage: {} of {} checked-in hosts trust it",
+                        check.covering, check.checked_in
+                    );
+                    if check.blockers.is_empty() {
+                        println!(
+                            "activation: ready (pedm-ca keys activate {})",
+                            key.fingerprint
+                        );
+                    } else {
+                        for b in &check.blockers {
+                            println!("activation: blocked: {b}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Stage(t) => {
+            let k = keys_settings(t)?;
+            let ca = open_for_keys(&k)?;
+            let key = ca.stage_key(&actor, k.bundle_lifetime)?;
+            ca.checkpoint()?;
+            println!("staged: {}", key.fingerprint);
+            println!("{}", key.public_key);
+            Ok(())
+        }
+        KeysCommand::Activate {
+            fingerprint,
+            target,
+            force,
+        } => {
+            let k = keys_settings(target)?;
+            let ca = open_for_keys(&k)?;
+            let check = ca.activation_check(
+                &fingerprint,
+                k.hosts.refresh_interval.0.as_secs() as i64,
+                k.hosts.min_hosts,
+                k.hosts.coverage,
+            )?;
+            if force && !check.blockers.is_empty() {
+                eprintln!(
+                    "WARNING: activating despite: {} (recorded in the audit log as forced)",
+                    check.blockers.join("; ")
+                );
+            }
+            ca.activate_key(&fingerprint, &check, force, &actor, k.bundle_lifetime)?;
+            ca.checkpoint()?;
+            println!("active: {fingerprint}");
+            Ok(())
+        }
     }
 }
 
@@ -339,13 +518,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serial,
             user,
             public_key,
+            ca_key,
             reason,
         } => {
+            let bundle_lifetime = match &config {
+                Some(c) => Config::load(c)?.bundle.lifetime.0.as_secs() as i64,
+                None => 7 * 86_400,
+            };
             let (data_dir, pass_file, every) = data_dir_of(data_dir, config)?;
+            if let Some(fp) = ca_key {
+                let pass = passphrase(pass_file.as_deref())?;
+                let ca = Authority::open(&data_dir, pass.as_ref(), every)?;
+                ca.revoke_ca_key(
+                    &fp,
+                    &format!("admin:{}", operator()),
+                    &reason,
+                    bundle_lifetime,
+                )?;
+                let krl = ca.ensure_krl(KRL_LIFETIME_SECS)?;
+                ca.checkpoint()?;
+                println!(
+                    "revoked CA key {fp}: removed from the trusted set in a new bundle, in KRL version {}",
+                    krl.version
+                );
+                return Ok(());
+            }
             let target = match (serial, user, public_key) {
                 (Some(n), _, _) => authority::RevokeTarget::Serial(n),
                 (_, Some(u), _) => authority::RevokeTarget::User(
-                    pedm_ca::names::Username::new(&u).map_err(|e| anyhow::anyhow!("--user: {e}"))?,
+                    pedm_ca::names::Username::new(&u)
+                        .map_err(|e| anyhow::anyhow!("--user: {e}"))?,
                 ),
                 (_, _, Some(f)) => {
                     let text = std::fs::read_to_string(&f)
@@ -391,8 +593,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keys { command } => run_keys(command),
         Command::Hosts {
-            command: HostsCommand::Token { data_dir, config, ttl },
+            command:
+                HostsCommand::Token {
+                    data_dir,
+                    config,
+                    ttl,
+                },
         } => {
             let (data_dir, pass_file, every) = data_dir_of(data_dir, config)?;
             let ttl = pedm_api::duration::parse(&ttl).context("--ttl")?;
@@ -415,7 +623,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         host.host_name,
                         host.host_key_fp,
                         c.bundle_version,
-                        c.krl_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        c.krl_version
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         c.at
                     ),
                     None => println!("{} {} (no check-in yet)", host.host_name, host.host_key_fp),

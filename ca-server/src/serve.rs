@@ -88,9 +88,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let state = state.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 let s = state.clone();
                 let r = tokio::task::spawn_blocking(move || {
+                    s.authority.reload_signer()?;
+                    s.authority.retire_expired_keys(lifetime)?;
                     s.authority.ensure_bundle(lifetime)?;
                     s.authority.ensure_krl(krl_lifetime)
                 })

@@ -53,8 +53,12 @@ pub async fn issue(
             let store = &s.authority.store;
             let fail = |e| ApiError::internal("reading revocations", e);
             Ok((
-                store.is_revoked(RevocationKind::User, &user).map_err(fail)?,
-                store.is_revoked(RevocationKind::PublicKey, &fp).map_err(fail)?,
+                store
+                    .is_revoked(RevocationKind::User, &user)
+                    .map_err(fail)?,
+                store
+                    .is_revoked(RevocationKind::PublicKey, &fp)
+                    .map_err(fail)?,
             ))
         })
         .await?;

@@ -157,7 +157,11 @@ pub async fn checkin(
     };
     let event = AuditEvent::new(
         format!("host:{}", crate::names::escaped(&payload.host_name)),
-        if counted { "host.checkin" } else { "host.checkin_refused" },
+        if counted {
+            "host.checkin"
+        } else {
+            "host.checkin_refused"
+        },
         format!("host_key={}", crate::names::escaped(&fp)),
         json!({
             "bundle_version": payload.bundle_version,

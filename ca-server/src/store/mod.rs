@@ -24,6 +24,13 @@ pub enum StoreError {
     Cert(#[from] CertError),
     #[error("{0}")]
     Other(String),
+    /// The certificate was to be signed by a key that is no longer the active one (a
+    /// rotation committed meanwhile); nothing was written. Reload the signer and retry.
+    #[error("the active CA key changed (signer {signer}, active {active:?})")]
+    KeyChanged {
+        signer: String,
+        active: Option<String>,
+    },
     /// A decision made inside a transaction (by policy) refused the change; nothing was
     /// written. The HTTP layer downcasts it to the policy's refusal.
     #[error("{0}")]
@@ -50,6 +57,9 @@ pub struct CaKeyRow {
     /// Relative to the data directory.
     pub key_file: String,
     pub created_at: i64,
+    /// The first bundle version that published the key, and when.
+    pub published_version: Option<u64>,
+    pub published_at: Option<i64>,
 }
 
 /// The trust root's public half (the private key may live offline).
@@ -386,6 +396,21 @@ pub trait Store: Send + Sync {
         id: &str,
         decide: &mut ElevationDecider<'_>,
     ) -> Result<Option<ElevationRow>>;
+    /// Adds a CA key (staged as `next`).
+    fn add_ca_key(&self, key: &CaKeyRow, event: &AuditEvent) -> Result<()>;
+    /// Moves the active key to `retired` and `fingerprint` (which must be `next`) to
+    /// `active`, in one transaction: exactly one key is active at every moment.
+    fn activate_key(&self, fingerprint: &str, event: &AuditEvent) -> Result<()>;
+    /// Changes a key's state if it is in one of `from`; false otherwise (nothing written).
+    fn set_key_state(
+        &self,
+        fingerprint: &str,
+        from: &[KeyState],
+        to: KeyState,
+        event: &AuditEvent,
+    ) -> Result<bool>;
+    /// The latest `valid_before` of any certificate the key signed.
+    fn last_valid_before(&self, ca_key: &str) -> Result<Option<i64>>;
     /// Records a revocation with its audit record; a user revocation also ends the user's
     /// sessions and open elevations in the same transaction.
     fn revoke(&self, r: &RevocationRow, now: i64, event: &AuditEvent) -> Result<RevokeOutcome>;

@@ -156,6 +156,12 @@ CREATE TABLE host_checkins (
 );
 CREATE INDEX host_checkins_host ON host_checkins(host_key_fp, at);
 "#,
+    r#"
+ALTER TABLE ca_keys ADD COLUMN published_version INTEGER;
+ALTER TABLE ca_keys ADD COLUMN published_at INTEGER;
+UPDATE ca_keys SET published_version = (SELECT MIN(version) FROM bundles), published_at = (SELECT MIN(issued_at) FROM bundles)
+  WHERE EXISTS (SELECT 1 FROM bundles);
+"#,
 ];
 
 /// The SQLite store. One connection per process, used under a mutex: one writer, which
@@ -266,6 +272,21 @@ fn insert_cert(
     sign: &mut CertSign<'_>,
 ) -> Result<IssuedRow> {
     {
+        // The signer must still be the active key inside this transaction: a rotation that
+        // committed since the signer was loaded makes this certificate unsignable.
+        let active: Option<String> = tx
+            .query_row(
+                "SELECT fingerprint FROM ca_keys WHERE state = 'active'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if active.as_deref() != Some(intent.ca_key.as_str()) {
+            return Err(StoreError::KeyChanged {
+                signer: intent.ca_key.clone(),
+                active,
+            });
+        }
         let serial: u64 = tx.query_row(
             "SELECT COALESCE(MAX(serial), 0) + 1 FROM certificates",
             [],
@@ -505,7 +526,7 @@ impl Store for SqliteStore {
     fn ca_keys(&self) -> Result<Vec<CaKeyRow>> {
         self.read(|c| {
             let mut st =
-                c.prepare("SELECT fingerprint, public_key, state, key_file, created_at FROM ca_keys ORDER BY created_at, fingerprint")?;
+                c.prepare("SELECT fingerprint, public_key, state, key_file, created_at, published_version, published_at FROM ca_keys ORDER BY created_at, fingerprint")?;
             let rows = st
                 .query_map([], |r| {
                     Ok(CaKeyRow {
@@ -514,6 +535,8 @@ impl Store for SqliteStore {
                         state: state_of(r.get(2)?)?,
                         key_file: r.get(3)?,
                         created_at: r.get(4)?,
+                        published_version: r.get(5)?,
+                        published_at: r.get(6)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -541,7 +564,11 @@ impl Store for SqliteStore {
     }
 
     fn publish_bundle(&self, actor: &str, make: &mut BundleMaker<'_>) -> Result<BundleRow> {
-        let keys = self.ca_keys()?;
+        let keys: Vec<CaKeyRow> = self
+            .ca_keys()?
+            .into_iter()
+            .filter(|k| k.state != KeyState::Gone)
+            .collect();
         self.write(|tx| {
             let version: u64 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM bundles", [], |r| r.get(0))?;
             let row = make(version, &keys).map_err(StoreError::Other)?;
@@ -549,6 +576,12 @@ impl Store for SqliteStore {
                 "INSERT INTO bundles (version, payload, signature, issued_at, expires_at) VALUES (?1,?2,?3,?4,?5)",
                 params![row.version, row.payload, row.signature, row.issued_at, row.expires_at],
             )?;
+            for k in &keys {
+                tx.execute(
+                    "UPDATE ca_keys SET published_version = ?2, published_at = ?3 WHERE fingerprint = ?1 AND published_version IS NULL",
+                    params![k.fingerprint, row.version, row.issued_at],
+                )?;
+            }
             let fps: Vec<String> = keys.iter().map(|k| format!("{} {}", k.fingerprint, k.state.as_str())).collect();
             append(
                 tx,
@@ -653,6 +686,86 @@ impl Store for SqliteStore {
         })
     }
 
+    fn add_ca_key(&self, key: &CaKeyRow, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO ca_keys (fingerprint, public_key, state, key_file, created_at) VALUES (?1,?2,?3,?4,?5)",
+                params![key.fingerprint, key.public_key, key.state.as_str(), key.key_file, key.created_at],
+            )?;
+            append(tx, event)?;
+            Ok(())
+        })
+    }
+
+    fn activate_key(&self, fingerprint: &str, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM ca_keys WHERE fingerprint = ?1",
+                    [fingerprint],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match state.as_deref() {
+                Some("next") => {}
+                Some(other) => {
+                    return Err(StoreError::Conflict(format!(
+                        "{fingerprint} is {other}; only a staged (next) key can be activated"
+                    )))
+                }
+                None => return Err(StoreError::Conflict(format!("no CA key {fingerprint}"))),
+            }
+            tx.execute(
+                "UPDATE ca_keys SET state = 'retired' WHERE state = 'active'",
+                [],
+            )?;
+            tx.execute(
+                "UPDATE ca_keys SET state = 'active' WHERE fingerprint = ?1",
+                [fingerprint],
+            )?;
+            append(tx, event)?;
+            Ok(())
+        })
+    }
+
+    fn set_key_state(
+        &self,
+        fingerprint: &str,
+        from: &[KeyState],
+        to: KeyState,
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM ca_keys WHERE fingerprint = ?1",
+                    [fingerprint],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(state) = state else { return Ok(false) };
+            if !from.iter().any(|f| f.as_str() == state) {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE ca_keys SET state = ?2 WHERE fingerprint = ?1",
+                params![fingerprint, to.as_str()],
+            )?;
+            append(tx, event)?;
+            Ok(true)
+        })
+    }
+
+    fn last_valid_before(&self, ca_key: &str) -> Result<Option<i64>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT MAX(valid_before) FROM certificates WHERE ca_key = ?1",
+                [ca_key],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     fn revoke(&self, r: &RevocationRow, now: i64, event: &AuditEvent) -> Result<RevokeOutcome> {
         self.write(|tx| {
             let exists: i64 = tx.query_row(
@@ -688,7 +801,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn lift_revocation(&self, kind: RevocationKind, value: &str, now: i64, event: &AuditEvent) -> Result<bool> {
+    fn lift_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<bool> {
         self.write(|tx| {
             if kind == RevocationKind::User {
                 // The user may sign in again, but what they held when revoked stays revoked:
@@ -763,7 +882,11 @@ impl Store for SqliteStore {
 
     fn certificate_exists(&self, serial: u64) -> Result<bool> {
         self.read(|c| {
-            let n: i64 = c.query_row("SELECT COUNT(*) FROM certificates WHERE serial = ?1", [serial], |r| r.get(0))?;
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM certificates WHERE serial = ?1",
+                [serial],
+                |r| r.get(0),
+            )?;
             Ok(n > 0)
         })
     }
@@ -809,7 +932,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_join_token(&self, token_sha256: &str, now: i64, expires_at: i64, event: &AuditEvent) -> Result<()> {
+    fn create_join_token(
+        &self,
+        token_sha256: &str,
+        now: i64,
+        expires_at: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO join_tokens (token_sha256, created_at, expires_at) VALUES (?1,?2,?3)",
@@ -820,7 +949,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn enroll_host(&self, token_sha256: &str, host: &HostRow, now: i64, event: &AuditEvent) -> Result<EnrollOutcome> {
+    fn enroll_host(
+        &self,
+        token_sha256: &str,
+        host: &HostRow,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<EnrollOutcome> {
         self.write(|tx| {
             let token: Option<(i64, Option<i64>)> = tx
                 .query_row(
