@@ -225,3 +225,102 @@ fn revoked_serial_user_and_key_are_refused_by_sshd_while_others_log_in() {
         assert!(actions.iter().any(|x| x == a), "no {a} in the audit log");
     }
 }
+
+#[test]
+fn the_admin_api_revokes_and_rotates_for_admins_only() {
+    let Some(s) = SignInSetup::start().expect("IdP and CA") else {
+        return;
+    };
+    let carol = api_login(&s.server, "carol", false).unwrap(); // security = [admin] groups
+    let alice = api_login(&s.server, "alice", false).unwrap();
+    let bob = api_login(&s.server, "bob", false).unwrap();
+
+    // Not an admin: refused, nothing changes.
+    let body = json!({"kind": "user", "value": "bob", "reason": "test"});
+    let (st, p) = call(
+        &s.server,
+        "POST",
+        "/v1/revocations",
+        Some(&body),
+        Some(&alice),
+    );
+    assert_eq!((st, problem_slug(&p)), (403, "forbidden".into()), "{p}");
+    let (st, _) = call(&s.server, "GET", "/v1/session", None, Some(&bob));
+    assert_eq!(st, 200, "bob's session survives a refused revocation");
+    // Bad input is a precise 400.
+    let (st, p) = call(
+        &s.server,
+        "POST",
+        "/v1/revocations",
+        Some(&json!({"kind": "serial", "value": "abc", "reason": "x"})),
+        Some(&carol),
+    );
+    assert_eq!(
+        (st, problem_slug(&p)),
+        (400, "invalid-request".into()),
+        "{p}"
+    );
+    // carol revokes bob: his session ends at once.
+    let (st, v) = call(
+        &s.server,
+        "POST",
+        "/v1/revocations",
+        Some(&body),
+        Some(&carol),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["sessions_ended"], 1, "{v}");
+    let (st, _) = call(&s.server, "GET", "/v1/session", None, Some(&bob));
+    assert_eq!(st, 401);
+
+    // Keys: list, stage, a guarded activation, a forced one.
+    let (st, _) = call(&s.server, "GET", "/v1/admin/keys", None, Some(&alice));
+    assert_eq!(st, 403);
+    let (st, k) = call(&s.server, "GET", "/v1/admin/keys", None, Some(&carol));
+    assert_eq!(st, 200, "{k}");
+    assert_eq!(k["keys"].as_array().unwrap().len(), 1);
+    let (st, staged) = call(
+        &s.server,
+        "POST",
+        "/v1/admin/keys/stage",
+        Some(&json!({})),
+        Some(&carol),
+    );
+    assert_eq!(st, 200, "{staged}");
+    let fp = staged["fingerprint"].as_str().unwrap().to_string();
+    let path = "/v1/admin/keys/activate";
+    let (st, p) = call(
+        &s.server,
+        "POST",
+        path,
+        Some(&json!({"fingerprint": fp})),
+        Some(&carol),
+    );
+    assert_eq!(
+        (st, problem_slug(&p)),
+        (409, "conflict".into()),
+        "no coverage yet: {p}"
+    );
+    let (st, v) = call(
+        &s.server,
+        "POST",
+        path,
+        Some(&json!({"fingerprint": fp, "force": true})),
+        Some(&carol),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["active"], fp.as_str());
+    let key = UserKey::generate(&s.dir.path().join("k")).unwrap();
+    let c = cert_for(&s, &alice, &key, s.dir.path(), "after.cert");
+    assert_eq!(pedm_e2e::keys::inspect_cert(&c).unwrap().signing_ca, fp);
+    let forced = String::from_utf8_lossy(&audit_export(&s.ca.data_dir).stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|r| {
+            r["action"] == "key.activate"
+                && r["details"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("\"forced\":true"))
+        });
+    assert!(forced, "the forced activation is audited as forced");
+}

@@ -1,5 +1,6 @@
 //! The v1 HTTP API: axum routes as plain async functions over [`AppState`].
 
+mod admin;
 pub mod auth;
 mod certs;
 pub mod elevations;
@@ -41,6 +42,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/ca/bundle", get(routes::bundle))
         .route("/v1/ca/keys", get(routes::ca_keys))
         .route("/v1/krl", get(hosts::krl))
+        .route("/v1/revocations", post(admin::revoke))
+        .route("/v1/admin/keys", get(admin::keys))
+        .route("/v1/admin/keys/stage", post(admin::stage))
+        .route("/v1/admin/keys/activate", post(admin::activate))
         .route("/v1/hosts/enroll", post(hosts::enroll))
         .route("/v1/hosts/checkin", post(hosts::checkin))
         .route("/v1/auth/info", get(auth::info))
