@@ -853,11 +853,6 @@ impl Authority {
                 k.fingerprint, k.fingerprint
             )));
         }
-        if self.root.is_none() {
-            return Err(CaError::Refused(
-                "the trust root is offline: a staged key must be published in a root-signed bundle first".into(),
-            ));
-        }
         let file = format!("{KEYS_DIR}/ca-{}.key", keys.len() + 1);
         let path = self.data_dir.join(&file);
         if path.exists() {
@@ -890,7 +885,7 @@ impl Authority {
             ),
         )?;
         self.after_write()?;
-        self.publish_bundle(actor, bundle_lifetime_secs)?;
+        self.publish_or_draft(actor, bundle_lifetime_secs)?;
         Ok(row)
     }
 
@@ -995,7 +990,7 @@ impl Authority {
         )?;
         self.after_write()?;
         self.reload_signer()?;
-        self.publish_bundle(actor, bundle_lifetime_secs)?;
+        self.publish_or_draft(actor, bundle_lifetime_secs)?;
         Ok(())
     }
 
@@ -1056,7 +1051,7 @@ impl Authority {
             ),
         )?;
         self.after_write()?;
-        self.publish_bundle(actor, bundle_lifetime_secs)?;
+        self.publish_or_draft(actor, bundle_lifetime_secs)?;
         Ok(changed)
     }
 
@@ -1091,6 +1086,87 @@ impl Authority {
             self.publish_bundle("system", bundle_lifetime_secs)?;
         }
         Ok(gone)
+    }
+
+    /// Whether the trust root's key file is here (root online).
+    pub fn root_online(&self) -> bool {
+        self.root.is_some()
+    }
+
+    /// Publishes a new bundle when the root is online; otherwise the change waits as a draft
+    /// (`pedm-ca bundle draft` → `bundle sign` where the root lives → `bundle import`).
+    pub fn publish_or_draft(
+        &self,
+        actor: &str,
+        lifetime_secs: i64,
+    ) -> Result<Option<BundleRow>, CaError> {
+        if self.root.is_none() {
+            tracing::warn!("the trust root is offline: the key change waits for a signed bundle (pedm-ca bundle draft | sign | import)");
+            return Ok(None);
+        }
+        self.publish_bundle(actor, lifetime_secs).map(Some)
+    }
+
+    /// The bundle the root should sign next: the current key set, version latest + 1.
+    pub fn bundle_draft(&self, lifetime_secs: i64) -> Result<TrustBundle, CaError> {
+        let version = self.store.latest_bundle()?.map_or(1, |b| b.version + 1);
+        let now = now_secs();
+        let bundle = TrustBundle {
+            version,
+            issued_at: now,
+            expires_at: now + lifetime_secs,
+            keys: self
+                .store
+                .ca_keys()?
+                .into_iter()
+                .filter(|k| k.state != KeyState::Gone)
+                .map(|k| BundleKey {
+                    fingerprint: k.fingerprint,
+                    public_key: k.public_key,
+                    state: k.state,
+                })
+                .collect(),
+        };
+        bundle
+            .check_structure()
+            .map_err(|e| CaError::Refused(e.to_string()))?;
+        Ok(bundle)
+    }
+
+    /// Stores a bundle the offline root signed: it must verify against this CA's trust root,
+    /// be the next version, and name exactly the current key set and states.
+    pub fn import_bundle(&self, signed: &SignedBundle, actor: &str) -> Result<u64, CaError> {
+        let root = self.store.trust_root()?;
+        let bundle = signed
+            .verify(&root.fingerprint, now_secs())
+            .map_err(|e| CaError::Refused(e.to_string()))?;
+        let payload = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            signed.payload.as_bytes(),
+        )
+        .map_err(|_| CaError::Refused("payload is not base64".into()))?;
+        let row = self.store.publish_bundle(actor, &mut |version, keys| {
+            if bundle.version != version {
+                return Err(format!(
+                    "the signed bundle is version {}, but the next version is {version}; make a new draft",
+                    bundle.version
+                ));
+            }
+            let want: BTreeMap<_, _> = keys.iter().map(|k| (k.fingerprint.clone(), k.state)).collect();
+            let got: BTreeMap<_, _> = bundle.keys.iter().map(|k| (k.fingerprint.clone(), k.state)).collect();
+            if want != got {
+                return Err("the signed bundle does not name the CA's current keys and states; make a new draft".into());
+            }
+            Ok(BundleRow {
+                version,
+                payload: payload.clone(),
+                signature: signed.signature.clone(),
+                issued_at: bundle.issued_at,
+                expires_at: bundle.expires_at,
+            })
+        })?;
+        self.after_write()?;
+        Ok(row.version)
     }
 
     /// Makes a one-time join token for host enrollment; only its SHA-256 is stored.
@@ -1218,4 +1294,21 @@ pub fn verify_audit(data_dir: &Path) -> Result<ChainReport, CaError> {
     checkpoints.sort_by_key(|c| c.seq);
     checkpoints.dedup();
     Ok(verify_chain(&records, &checkpoints, &keys)?)
+}
+
+/// Signs a bundle draft with the trust root's key file, where the root lives (offline). The
+/// key file must be 0600; the signature covers exactly the draft's payload bytes.
+pub fn sign_bundle_draft(
+    root_key_file: &Path,
+    passphrase: Option<&Passphrase>,
+    draft: &TrustBundle,
+) -> Result<SignedBundle, CaError> {
+    draft
+        .check_structure()
+        .map_err(|e| CaError::Refused(e.to_string()))?;
+    let root = load_key_file(root_key_file, passphrase)?;
+    let payload = draft.to_payload();
+    let signature = sshsig_armored(&root, BUNDLE_NAMESPACE, &payload)
+        .map_err(|e| CaError::Io(e.to_string()))?;
+    Ok(SignedBundle::from_parts(&payload, signature))
 }

@@ -111,6 +111,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Trust bundles with an offline root: draft here, sign where the root lives, import.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// Host enrollment and coverage.
     Hosts {
         #[command(subcommand)]
@@ -254,6 +259,41 @@ fn open_for_keys(k: &KeysSettings) -> anyhow::Result<Authority> {
 }
 
 #[derive(Subcommand)]
+enum BundleCommand {
+    /// Write the bundle the root should sign next (the current keys and states) as JSON.
+    ///
+    /// Example: pedm-ca bundle draft --config /etc/pedm-ca/ca.toml --out draft.json
+    Draft {
+        #[command(flatten)]
+        target: KeysTarget,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a draft with the trust root's key file (run where the root lives).
+    ///
+    /// Example: PEDM_CA_PASSPHRASE=… pedm-ca bundle sign --root-key /media/root/trust-root.key --in draft.json --out signed.json
+    Sign {
+        #[arg(long)]
+        root_key: PathBuf,
+        /// File holding the root key's passphrase (mode 0600); else PEDM_CA_PASSPHRASE.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Publish a bundle the root signed elsewhere.
+    ///
+    /// Example: pedm-ca bundle import --config /etc/pedm-ca/ca.toml signed.json
+    Import {
+        #[command(flatten)]
+        target: KeysTarget,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum HostsCommand {
     /// Make a one-time join token for `pedm-host-config enroll --token T`.
     ///
@@ -290,6 +330,57 @@ fn data_dir_of(
             Ok((c.data_dir, c.passphrase_file, c.audit.checkpoint_every))
         }
         (None, None) => anyhow::bail!("give --data-dir or --config"),
+    }
+}
+
+fn run_bundle(command: BundleCommand) -> anyhow::Result<()> {
+    match command {
+        BundleCommand::Draft { target, out } => {
+            let k = keys_settings(target)?;
+            let ca = open_for_keys(&k)?;
+            let draft = ca.bundle_draft(k.bundle_lifetime)?;
+            std::fs::write(&out, serde_json::to_string_pretty(&draft)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "draft of bundle version {} written to {}",
+                draft.version,
+                out.display()
+            );
+            Ok(())
+        }
+        BundleCommand::Sign {
+            root_key,
+            passphrase_file,
+            input,
+            out,
+        } => {
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let draft: pedm_api::TrustBundle = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a bundle draft", input.display()))?;
+            let pass = passphrase(passphrase_file.as_deref())?;
+            let signed = authority::sign_bundle_draft(&root_key, pass.as_ref(), &draft)?;
+            std::fs::write(&out, serde_json::to_string_pretty(&signed)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "signed bundle version {} written to {}",
+                draft.version,
+                out.display()
+            );
+            Ok(())
+        }
+        BundleCommand::Import { target, file } => {
+            let k = keys_settings(target)?;
+            let ca = open_for_keys(&k)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let signed: pedm_api::SignedBundle = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a signed bundle", file.display()))?;
+            let version = ca.import_bundle(&signed, &format!("admin:{}", operator()))?;
+            ca.checkpoint()?;
+            println!("published bundle version {version}");
+            Ok(())
+        }
     }
 }
 
@@ -355,6 +446,11 @@ fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             ca.checkpoint()?;
             println!("staged: {}", key.fingerprint);
             println!("{}", key.public_key);
+            if !ca.root_online() {
+                eprintln!(
+                    "note: the trust root is offline; publish the key with `pedm-ca bundle draft`, `bundle sign` where the root lives, and `bundle import`"
+                );
+            }
             Ok(())
         }
         KeysCommand::Activate {
@@ -594,6 +690,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => run_keys(command),
+        Command::Bundle { command } => run_bundle(command),
         Command::Hosts {
             command:
                 HostsCommand::Token {
