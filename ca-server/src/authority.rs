@@ -357,6 +357,15 @@ impl Authority {
                 "the trust root is offline; a new bundle must be signed where it lives".into(),
             )
         })?;
+        // A root replaced by another process must never sign again.
+        let current = self.store.trust_root()?;
+        if root.fingerprint() != current.fingerprint {
+            return Err(CaError::Refused(format!(
+                "the trust root was replaced ({} is current, this process holds {}); restart pedm-ca serve",
+                current.fingerprint,
+                root.fingerprint()
+            )));
+        }
         let row = self.store.publish_bundle(actor, &mut |version, keys| {
             let now = now_secs();
             let bundle = TrustBundle {
@@ -793,7 +802,11 @@ impl Authority {
         let content_sha256 = crate::login::sha256_hex(&content.to_string());
         if let Some(current) = self.store.latest_krl()? {
             let fresh = current.expires_at - now > lifetime_secs / 2;
-            if fresh && current.content_sha256 == content_sha256 {
+            // Hosts accept a KRL only from the bundle's active key: after an activation the
+            // KRL must be signed again by the new key at once.
+            let by_active = serde_json::from_slice::<pedm_api::krl::KrlPayload>(&current.payload)
+                .is_ok_and(|p| p.ca_key == self.active_key());
+            if fresh && by_active && current.content_sha256 == content_sha256 {
                 return Ok(current);
             }
         }
@@ -1294,6 +1307,51 @@ pub fn verify_audit(data_dir: &Path) -> Result<ChainReport, CaError> {
     checkpoints.sort_by_key(|c| c.seq);
     checkpoints.dedup();
     Ok(verify_chain(&records, &checkpoints, &keys)?)
+}
+
+/// Replaces a compromised trust root: a new root key (encrypted with `passphrase`) becomes the
+/// root, and a bundle signed by it is published. Hosts pinned to the old root refuse it from now
+/// on and must be re-installed with the new fingerprint (`pedm-host-config install
+/// --trust-root NEW`). A running `serve` refuses to sign with the old root and must be
+/// restarted. Returns the new root's fingerprint.
+pub fn replace_trust_root(
+    data_dir: &Path,
+    passphrase: Option<&Passphrase>,
+    actor: &str,
+    reason: &str,
+    bundle_lifetime_secs: i64,
+) -> Result<String, CaError> {
+    let reason = check_reason(reason)?;
+    let store = SqliteStore::open(&data_dir.join(DB_FILE))?;
+    let old = store.trust_root()?;
+    let file = format!("{KEYS_DIR}/trust-root-{}.key", now_secs());
+    let path = data_dir.join(&file);
+    if path.exists() {
+        return Err(CaError::Refused(format!(
+            "{} already exists",
+            path.display()
+        )));
+    }
+    let root = create_key_file(&path, passphrase, "pedm-ssh trust root (replacement)")?;
+    let row = TrustRootRow {
+        fingerprint: root.fingerprint(),
+        public_key: openssh_line(root.public_key()),
+        key_file: file,
+    };
+    store.replace_trust_root(
+        &row,
+        &AuditEvent::new(
+            actor,
+            "root.replace",
+            row.fingerprint.clone(),
+            serde_json::json!({ "previous": old.fingerprint, "reason": reason }),
+        ),
+    )?;
+    drop(store);
+    let ca = Authority::open(data_dir, passphrase, 1000)?;
+    ca.publish_bundle(actor, bundle_lifetime_secs)?;
+    ca.checkpoint()?;
+    Ok(row.fingerprint)
 }
 
 /// Signs a bundle draft with the trust root's key file, where the root lives (offline). The

@@ -116,6 +116,16 @@ enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
+    /// Replace a compromised trust root: a new root signs a new bundle; hosts must be
+    /// re-installed with the new fingerprint, and `serve` restarted.
+    ///
+    /// Example: pedm-ca replace-root --config /etc/pedm-ca/ca.toml --reason "INC-9: root key exposed"
+    ReplaceRoot {
+        #[command(flatten)]
+        target: KeysTarget,
+        #[arg(long)]
+        reason: String,
+    },
     /// Host enrollment and coverage.
     Hosts {
         #[command(subcommand)]
@@ -473,6 +483,11 @@ fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                 );
             }
             ca.activate_key(&fingerprint, &check, force, &actor, k.bundle_lifetime)?;
+            let krl = ca.ensure_krl(KRL_LIFETIME_SECS)?;
+            eprintln!(
+                "published KRL version {} signed by the new key",
+                krl.version
+            );
             ca.checkpoint()?;
             println!("active: {fingerprint}");
             Ok(())
@@ -691,6 +706,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { command } => run_keys(command),
         Command::Bundle { command } => run_bundle(command),
+        Command::ReplaceRoot { target, reason } => {
+            let k = keys_settings(target)?;
+            let pass = passphrase(k.passphrase_file.as_deref())?;
+            let fp = authority::replace_trust_root(
+                &k.data_dir,
+                pass.as_ref(),
+                &format!("admin:{}", operator()),
+                &reason,
+                k.bundle_lifetime,
+            )?;
+            println!("trust-root: {fp}");
+            eprintln!("re-install every host with --trust-root {fp}, and restart pedm-ca serve");
+            Ok(())
+        }
         Command::Hosts {
             command:
                 HostsCommand::Token {

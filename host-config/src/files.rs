@@ -239,6 +239,32 @@ pub fn atomic_write(path: &Path, content: &[u8], mode: u32) -> Result<(), FileEr
     result
 }
 
+/// An exclusive lock held for one run that writes; released when dropped.
+///
+/// install, refresh (the timer) and enroll each read state.json, compute, and write it back:
+/// two runs interleaving would lose one's update (an enrollment, a KRL version). They all
+/// lock the sshd configuration directory itself (flock on a directory handle), which exists
+/// before the first install, so taking the lock creates nothing.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Takes [`RunLock`] on `dir`, waiting for another run to finish; `waiting` is called once
+/// if the lock is busy, so the caller can say why it pauses.
+pub fn lock_dir(dir: &Path, waiting: impl FnOnce()) -> Result<RunLock, FileError> {
+    let file = File::open(dir).map_err(ctx("cannot open for locking", dir))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            waiting();
+            file.lock().map_err(ctx("cannot lock", dir))?;
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(ctx("cannot lock", dir)(e)),
+    }
+    Ok(RunLock { _file: file })
+}
+
 /// Removes `path` durably; an already absent file is fine.
 pub fn remove(path: &Path) -> Result<(), FileError> {
     match fs::remove_file(path) {
@@ -344,6 +370,19 @@ mod tests {
             0o755
         );
         assert!(ensure_dir(&deep).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_run_lock_excludes_a_second_holder_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path(), || panic!("the first lock must not wait")).unwrap();
+        let probe = File::open(dir.path()).unwrap();
+        assert!(matches!(
+            probe.try_lock(),
+            Err(fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        probe.try_lock().unwrap();
     }
 
     #[test]

@@ -5,18 +5,26 @@
 //! Order of effects, chosen so a refusal at any step leaves the host as it was:
 //! 1. all inputs (paths, host.toml, passwd, state, bundle) are read and checked: nothing written;
 //! 2. the drop-in is replaced and sshd checks it; on failure the previous drop-in is put back;
-//! 3. the data files (CA keys, KRL, principals, removals) are written;
+//! 3. the data files (KRL, CA keys, principals, removals, systemd units) are written;
 //! 4. state.json is written last, so it never claims more than is installed;
-//! 5. sshd is reloaded if the drop-in changed (the data files are read per connection).
+//! 5. sshd is reloaded if the drop-in changed (the data files are read per connection);
+//! 6. the refresh timer is enabled if its units changed, and an enrolled host checks in.
+//!
+//! `refresh` ([`crate::refresh`]) runs the same steps 1–5 with a KRL from the CA; the shared
+//! pieces live here: [`resolve_layout`], [`mapping`], [`desired_files`], [`apply_checked`],
+//! [`reload_if_dropin_changed`].
 
+use crate::ca::Connect;
+use crate::checkin;
 use crate::files::{self, Change, Desired, FileError};
 use crate::hostfile::{self, HostConfig, HostFileError};
 use crate::layout::{Layout, LayoutError};
 use crate::principals::{self, Mapping};
 use crate::sshd::{self, SshdError};
 use crate::state::{self, State, StateError, STATE_FORMAT};
+use crate::systemd::{self, RefreshCommand, SystemdError};
 use crate::trust::{self, AcceptError, Accepted, Installed};
-use pedm_api::{ClientError, SignedBundle};
+use pedm_api::ClientError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -32,11 +40,15 @@ pub struct InstallOptions {
     pub etc_dir: Option<PathBuf>,
     pub sshd_config: Option<PathBuf>,
     pub sshd: Option<PathBuf>,
+    /// Where the refresh service and timer go; `None`: [`systemd::DEFAULT_UNIT_DIR`] for the
+    /// live `/etc/ssh`, nowhere for any other `--etc-dir` (a staging or test tree must not
+    /// schedule itself on the machine that builds it).
+    pub systemd_dir: Option<PathBuf>,
     pub dry_run: bool,
     pub no_reload: bool,
 }
 
-/// Why `install` stopped.
+/// Why `install` (or a step it shares with `refresh` and `enroll`) stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("the sshd configuration directory {path} cannot be used: {source}")]
@@ -84,6 +96,17 @@ pub enum InstallError {
         source: FileError,
         undo: String,
     },
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error("cannot find this program's own path for the timer's ExecStart: {0}; run it by its absolute path")]
+    OwnPath(#[source] std::io::Error),
+    #[error("cannot resolve {what} {path}: {source}")]
+    Canonicalize {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How sshd will be consulted.
@@ -124,6 +147,30 @@ pub fn resolve_sshd(
     }
 }
 
+/// Takes the run lock on the configuration directory (see [`files::RunLock`]), saying so on
+/// `err` if it has to wait for another run.
+pub fn lock(layout: &Layout, err: &mut dyn Write) -> Result<files::RunLock, InstallError> {
+    let mut waited = false;
+    let lock = files::lock_dir(layout.etc(), || waited = true)?;
+    if waited {
+        writeln!(
+            err,
+            "note: waited for another pedm-host-config run on {} to finish",
+            layout.etc().display()
+        )?;
+    }
+    Ok(lock)
+}
+
+/// An absolute, symlink-free form of a path that goes into state.json or a unit file.
+pub fn absolute(what: &'static str, path: &Path) -> Result<PathBuf, InstallError> {
+    std::fs::canonicalize(path).map_err(|source| InstallError::Canonicalize {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads the passwd file named by host.toml.
 pub fn read_passwd(host: &HostConfig) -> Result<String, InstallError> {
     std::fs::read_to_string(&host.passwd_file).map_err(|source| InstallError::Passwd {
@@ -140,23 +187,51 @@ pub fn installed(state: Option<&State>) -> Option<Installed> {
     })
 }
 
-/// Every file as it should be after the run, in write order: drop-in, CA keys, KRL (only if
-/// absent: a later refresh owns its content), principals files, removals of principals
-/// files we wrote earlier for accounts no longer mapped, and state.json last.
+/// What the run does with the KRL file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KrlFile {
+    /// install: leave an existing KRL alone (refresh owns its content); create an empty one
+    /// if there is none, because sshd refuses every key while `RevokedKeys` names a missing
+    /// file.
+    KeepOrCreateEmpty,
+    /// refresh: exactly these bytes, from a verified signed KRL.
+    Content(Vec<u8>),
+    /// refresh without an acceptable KRL: leave the file exactly as it is. Never create an
+    /// empty one here: with a KRL installed before, an empty file would lift its revocations.
+    Keep,
+}
+
+/// Every file as it should be after the run, in write order: drop-in (checked by sshd
+/// before anything else is written), KRL, CA keys, principals files, removals of principals
+/// files we wrote earlier for accounts no longer mapped, `extra` (systemd units), and
+/// state.json last.
+///
+/// The KRL precedes the CA keys so that between the two writes sshd sees the stricter mix:
+/// new revocations already apply while newly staged keys are not yet trusted; keys the root
+/// removed leave with the CA keys file, which the KRL's revocations already cover.
 pub fn desired_files(
     layout: &Layout,
     accepted: &Accepted,
+    krl: KrlFile,
     mapping: &Mapping,
     previous: Option<&State>,
+    extra: Vec<Desired>,
     state: &State,
 ) -> Vec<Desired> {
-    let mut out = vec![
-        Desired::file(layout.dropin(), sshd::dropin_text(layout)),
-        Desired::file(layout.ca_keys(), accepted.bundle.trusted_user_ca_keys()),
-    ];
-    if !layout.krl().exists() {
-        out.push(Desired::file(layout.krl(), ""));
+    let mut out = vec![Desired::file(layout.dropin(), sshd::dropin_text(layout))];
+    match krl {
+        KrlFile::KeepOrCreateEmpty => {
+            if !layout.krl().exists() {
+                out.push(Desired::file(layout.krl(), ""));
+            }
+        }
+        KrlFile::Content(bytes) => out.push(Desired::file(layout.krl(), bytes)),
+        KrlFile::Keep => {}
     }
+    out.push(Desired::file(
+        layout.ca_keys(),
+        accepted.bundle.trusted_user_ca_keys(),
+    ));
     for (account, principals) in &mapping.accounts {
         out.push(Desired::file(
             layout.principals_file(account),
@@ -172,8 +247,129 @@ pub fn desired_files(
             out.push(Desired::absent(layout.principals_file(account)));
         }
     }
+    out.extend(extra);
     out.push(Desired::file(layout.state(), state.to_json()));
     out
+}
+
+/// Maps accounts to principals and reports, on `err`, what the operator should know: skipped
+/// passwd entries, collisions, and explicitly listed accounts that passwd lacks.
+pub fn mapping(
+    host: &HostConfig,
+    passwd: &str,
+    err: &mut dyn Write,
+) -> Result<Mapping, InstallError> {
+    let mapping = principals::map_accounts(passwd, host);
+    for w in &mapping.warnings {
+        writeln!(err, "warning: {}: {w}", host.passwd_file.display())?;
+    }
+    let (passwd_entries, _) = principals::parse_passwd(passwd);
+    for account in host.accounts.keys() {
+        if !passwd_entries.iter().any(|e| &e.name == account) {
+            writeln!(
+                err,
+                "warning: accounts.{account}: no such account in {}; its principals file is written anyway",
+                host.passwd_file.display()
+            )?;
+        }
+    }
+    Ok(mapping)
+}
+
+/// Number of CA keys the bundle puts into `TrustedUserCAKeys`.
+pub fn trusted_count(accepted: &Accepted) -> usize {
+    accepted
+        .bundle
+        .keys
+        .iter()
+        .filter(|k| k.state.trusted())
+        .count()
+}
+
+/// Reloads sshd if, and only if, the drop-in was among the changes: the data files it names
+/// are re-read on every connection, but sshd_config itself only at SIGHUP.
+pub fn reload_if_dropin_changed(
+    changes: &[Change],
+    layout: &Layout,
+    no_reload: bool,
+    err: &mut dyn Write,
+) -> Result<(), InstallError> {
+    if !changes.iter().any(|c| c.desired.path == layout.dropin()) {
+        return Ok(());
+    }
+    if no_reload {
+        writeln!(
+            err,
+            "note: --no-reload: sshd applies the new drop-in at its next reload (SIGHUP)"
+        )?;
+        return Ok(());
+    }
+    match sshd::reload()? {
+        sshd::Reload::Systemd(unit) => writeln!(err, "reloaded {unit}")?,
+        sshd::Reload::Manual => writeln!(
+            err,
+            "sshd must be reloaded (send it SIGHUP) for {} to apply",
+            layout.dropin().display()
+        )?,
+    }
+    Ok(())
+}
+
+/// Where the units go, or why they are not written (a note for `err`).
+fn unit_dir(opts: &InstallOptions, layout: &Layout) -> Result<PathBuf, String> {
+    let dir = match &opts.systemd_dir {
+        Some(d) => d.clone(),
+        None => {
+            let live = std::fs::canonicalize(DEFAULT_ETC).is_ok_and(|p| p == layout.etc());
+            if !live {
+                return Err(format!(
+                    "note: no refresh timer written: {} is not {DEFAULT_ETC}; pass --systemd-dir \
+                     DIR to write {} and {} for it",
+                    layout.etc().display(),
+                    systemd::SERVICE,
+                    systemd::TIMER
+                ));
+            }
+            PathBuf::from(systemd::DEFAULT_UNIT_DIR)
+        }
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "note: no refresh timer written: {} does not exist (no systemd?); run \
+                     `pedm-host-config refresh` every 5 minutes by other means",
+            dir.display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// The service and timer for this install, or a note saying why there are none.
+fn units(
+    opts: &InstallOptions,
+    layout: &Layout,
+    host_config: &Path,
+    sshd_config: Option<&Path>,
+) -> Result<Result<Vec<Desired>, String>, InstallError> {
+    let dir = match unit_dir(opts, layout) {
+        Ok(d) => d,
+        Err(note) => return Ok(Err(note)),
+    };
+    let exe = std::env::current_exe().map_err(InstallError::OwnPath)?;
+    let sshd = match &opts.sshd {
+        Some(p) => Some(absolute("the sshd binary", p)?),
+        None => None,
+    };
+    let cmd = RefreshCommand {
+        exe,
+        host_config: host_config.to_path_buf(),
+        etc_dir: layout.etc().to_path_buf(),
+        sshd_config: sshd_config.map(Path::to_path_buf),
+        sshd,
+    };
+    Ok(Ok(vec![
+        Desired::file(dir.join(systemd::SERVICE), systemd::service_text(&cmd)?),
+        Desired::file(dir.join(systemd::TIMER), systemd::timer_text()),
+    ]))
 }
 
 /// The accounts `sshd -T` is asked about: every explicitly mapped account (a `Match User`
@@ -257,23 +453,32 @@ pub fn apply_checked(
     Ok(lines)
 }
 
-/// Runs `install`. `fetch` gets the signed bundle from the CA URL (injected so the flow stays
-/// synchronous and testable); `now` is unix seconds. Output lines go to `out`, notes and
-/// warnings to `err`.
+/// Runs `install`. `connect` opens the CA (injected so the flow stays synchronous and
+/// testable); `now` is unix seconds. Output lines go to `out`, notes and warnings to `err`.
 pub fn run(
     opts: &InstallOptions,
-    fetch: impl FnOnce(&str) -> Result<SignedBundle, ClientError>,
+    connect: Connect,
     now: i64,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), InstallError> {
     // 1. Local inputs, cheapest and most likely to be wrong first.
     let layout = resolve_layout(opts.etc_dir.as_deref())?;
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock(&layout, err)?)
+    };
     let main_config = opts
         .sshd_config
         .clone()
         .unwrap_or_else(|| layout.main_config());
     let host = hostfile::load(&opts.host_config)?;
+    let host_config = absolute("the host config", &opts.host_config)?;
+    let sshd_config = match &opts.sshd_config {
+        Some(p) => Some(absolute("the sshd config", p)?),
+        None => None,
+    };
     let passwd = read_passwd(&host)?;
     let previous = state::load(&layout.state())?;
     let mode = if opts.dry_run {
@@ -283,7 +488,8 @@ pub fn run(
     };
 
     // 2. The bundle.
-    let signed = fetch(&opts.ca_url).map_err(InstallError::Fetch)?;
+    let ca = connect(&opts.ca_url).map_err(InstallError::Fetch)?;
+    let signed = ca.bundle().map_err(InstallError::Fetch)?;
     let accepted = trust::accept(
         &signed,
         &opts.trust_root,
@@ -301,41 +507,39 @@ pub fn run(
     }
 
     // 3. Desired files.
-    let mapping = principals::map_accounts(&passwd, &host);
-    for w in &mapping.warnings {
-        writeln!(err, "warning: {}: {w}", host.passwd_file.display())?;
-    }
-    let (passwd_entries, _) = principals::parse_passwd(&passwd);
-    for account in host.accounts.keys() {
-        if !passwd_entries.iter().any(|e| &e.name == account) {
-            writeln!(
-                err,
-                "warning: accounts.{account}: no such account in {}; its principals file is written anyway",
-                host.passwd_file.display()
-            )?;
-        }
-    }
+    let mapping = mapping(&host, &passwd, err)?;
     let new_state = State {
         format: STATE_FORMAT,
         ca_url: opts.ca_url.clone(),
         trust_root: opts.trust_root.clone(),
         bundle_version: accepted.bundle.version,
         payload_sha256: accepted.payload_sha256.clone(),
+        bundle_expires_at: Some(accepted.bundle.expires_at),
         managed_accounts: mapping.accounts.keys().cloned().collect(),
+        // The KRL floor and the enrollment outlive a re-install: dropping the floor would
+        // let an older KRL back in, dropping the enrollment would silence check-ins.
+        krl: previous.as_ref().and_then(|p| p.krl.clone()),
+        host_config: Some(host_config.clone()),
+        sshd_config: sshd_config.clone(),
+        enrollment: previous.as_ref().and_then(|p| p.enrollment.clone()),
     };
+    let units = match units(opts, &layout, &host_config, sshd_config.as_deref())? {
+        Ok(units) => units,
+        Err(note) => {
+            writeln!(err, "{note}")?;
+            Vec::new()
+        }
+    };
+    let unit_paths: Vec<PathBuf> = units.iter().map(|d| d.path.clone()).collect();
     let changes = files::plan(desired_files(
         &layout,
         &accepted,
+        KrlFile::KeepOrCreateEmpty,
         &mapping,
         previous.as_ref(),
+        units,
         &new_state,
     ))?;
-    let trusted = accepted
-        .bundle
-        .keys
-        .iter()
-        .filter(|k| k.state.trusted())
-        .count();
 
     // 4. Dry run: show, touch nothing.
     if opts.dry_run {
@@ -364,34 +568,49 @@ pub fn run(
     let lines = apply_checked(&changes, &layout, &mode, &main_config, &users)?;
     if lines.is_empty() {
         writeln!(out, "no changes")?;
-        return Ok(());
+    } else {
+        for l in &lines {
+            writeln!(out, "{l}")?;
+        }
+        writeln!(
+            out,
+            "installed trust bundle version {} ({} trusted CA keys)",
+            accepted.bundle.version,
+            trusted_count(&accepted)
+        )?;
     }
-    for l in &lines {
-        writeln!(out, "{l}")?;
-    }
-    writeln!(
-        out,
-        "installed trust bundle version {} ({trusted} trusted CA keys)",
-        accepted.bundle.version
-    )?;
 
-    // 6. Reload only if sshd_config changed.
-    if changes.iter().any(|c| c.desired.path == layout.dropin()) {
+    // 6. Reload only if sshd_config changed; enable the timer if its units changed.
+    reload_if_dropin_changed(&changes, &layout, opts.no_reload, err)?;
+    let mut enable_error = None;
+    if changes.iter().any(|c| unit_paths.contains(&c.desired.path)) {
+        let by_hand = format!(
+            "systemctl daemon-reload && systemctl enable --now {}",
+            systemd::TIMER
+        );
         if opts.no_reload {
             writeln!(
                 err,
-                "note: --no-reload: sshd applies the new drop-in at its next reload (SIGHUP)"
+                "note: --no-reload: the refresh timer is written, not enabled; run `{by_hand}`"
+            )?;
+        } else if !systemd::running_under_systemd() {
+            writeln!(
+                err,
+                "note: not running under systemd: the refresh timer is written, not enabled; \
+                     once systemd runs, `{by_hand}`"
             )?;
         } else {
-            match sshd::reload()? {
-                sshd::Reload::Systemd(unit) => writeln!(err, "reloaded {unit}")?,
-                sshd::Reload::Manual => writeln!(
-                    err,
-                    "sshd must be reloaded (send it SIGHUP) for {} to apply",
-                    layout.dropin().display()
-                )?,
+            match systemd::enable() {
+                Ok(()) => writeln!(err, "enabled {}", systemd::TIMER)?,
+                Err(e) => enable_error = Some(e),
             }
         }
     }
-    Ok(())
+
+    // 7. Check in (a report: its failure is a warning).
+    checkin::check_in(ca.as_ref(), &new_state, now, err)?;
+    match enable_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }

@@ -1,7 +1,10 @@
 //! `pedm-host-config`: thin command-line edge; the work happens in the library modules.
 
 use clap::{Parser, Subcommand};
+use pedm_host_config::ca::HttpCa;
+use pedm_host_config::enroll::{self, EnrollOptions};
 use pedm_host_config::install::{self, InstallOptions};
+use pedm_host_config::refresh::{self, RefreshOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +12,7 @@ use std::process::ExitCode;
 #[command(
     name = "pedm-host-config",
     version,
-    about = "Installs pedm-ssh CA trust into a stock OpenSSH sshd"
+    about = "Installs and refreshes pedm-ssh CA trust in a stock OpenSSH sshd"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,8 +22,17 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Fetch and verify the trust bundle, then install the CA keys, principals files, an empty
-    /// KRL (if none) and the sshd drop-in, checked with `sshd -t` / `sshd -T` before use.
+    /// KRL (if none), the sshd drop-in (checked with `sshd -t` / `sshd -T` before use) and the
+    /// systemd timer that runs `refresh`.
     Install(InstallArgs),
+    /// Fetch the trust bundle and the signed KRL, verify both (pinned root; the bundle's
+    /// active key; no rollback; not expired) and install them with the principals files.
+    /// What the timer runs; a byte-identical bundle and KRL change nothing. Exits non-zero,
+    /// keeping every file, if the CA is unreachable or serves anything refused.
+    Refresh(RefreshArgs),
+    /// Register this host's sshd host key with the CA using a one-time join token, so its
+    /// signed check-ins count toward rotation coverage. Run after install.
+    Enroll(EnrollArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,12 +56,64 @@ struct InstallArgs {
     /// sshd binary used for the checks [default: /usr/sbin/sshd, else sshd on PATH].
     #[arg(long, value_name = "PATH")]
     sshd: Option<PathBuf>,
+    /// Directory for the refresh service and timer units [default: /etc/systemd/system when
+    /// ETC is /etc/ssh; with another --etc-dir none are written unless this is given].
+    #[arg(long, value_name = "DIR")]
+    systemd_dir: Option<PathBuf>,
     /// Print a unified diff of what would change and write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Do not reload sshd after changing the drop-in.
+    /// Do not reload sshd after changing the drop-in, and do not enable the timer.
     #[arg(long)]
     no_reload: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RefreshArgs {
+    /// Host configuration [default: the one install used].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// sshd configuration directory [default: /etc/ssh].
+    #[arg(long, value_name = "DIR")]
+    etc_dir: Option<PathBuf>,
+    /// CA URL for this run only [default: the one install saved].
+    #[arg(long, value_name = "URL")]
+    ca: Option<String>,
+    /// Main sshd configuration file [default: the one install used, else ETC/sshd_config].
+    #[arg(long, value_name = "FILE")]
+    sshd_config: Option<PathBuf>,
+    /// sshd binary used for the checks [default: /usr/sbin/sshd, else sshd on PATH].
+    #[arg(long, value_name = "PATH")]
+    sshd: Option<PathBuf>,
+    /// Do not reload sshd even if the drop-in changed.
+    #[arg(long)]
+    no_reload: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct EnrollArgs {
+    /// One-time join token from `pedm-ca hosts token` (or set PEDM_JOIN_TOKEN, which keeps
+    /// it out of the process list).
+    #[arg(
+        long,
+        value_name = "T",
+        env = "PEDM_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: String,
+    /// CA URL [default: the one install saved].
+    #[arg(long, value_name = "URL")]
+    ca: Option<String>,
+    /// sshd configuration directory [default: /etc/ssh].
+    #[arg(long, value_name = "DIR")]
+    etc_dir: Option<PathBuf>,
+    /// The sshd host public key (Ed25519); its private key, the same path without .pub,
+    /// signs the check-ins [default: ETC/ssh_host_ed25519_key.pub].
+    #[arg(long, value_name = "PATH")]
+    host_key: Option<PathBuf>,
+    /// The name this host has in coverage reports [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
 }
 
 /// Accepts exactly the `SHA256:` + 43 unpadded base64 characters form of a fingerprint, so a
@@ -77,6 +141,7 @@ fn now_unix() -> i64 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     match cli.command {
         Command::Install(a) => {
             let opts = InstallOptions {
@@ -86,29 +151,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 etc_dir: a.etc_dir,
                 sshd_config: a.sshd_config,
                 sshd: a.sshd,
+                systemd_dir: a.systemd_dir,
                 dry_run: a.dry_run,
                 no_reload: a.no_reload,
             };
-            let fetch = |url: &str| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| pedm_api::ClientError::Transport {
-                        url: url.to_string(),
-                        message: e.to_string(),
-                    })?;
-                rt.block_on(async { pedm_api::Client::new(url)?.bundle().await })
+            install::run(&opts, &HttpCa::connect, now_unix(), &mut out, &mut err)?;
+        }
+        Command::Refresh(a) => {
+            let opts = RefreshOptions {
+                host_config: a.config,
+                etc_dir: a.etc_dir,
+                sshd_config: a.sshd_config,
+                ca_url: a.ca,
+                sshd: a.sshd,
+                no_reload: a.no_reload,
             };
-            install::run(
-                &opts,
-                fetch,
-                now_unix(),
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            )?;
-            Ok(())
+            refresh::run(&opts, &HttpCa::connect, now_unix(), &mut out, &mut err)?;
+        }
+        Command::Enroll(a) => {
+            let opts = EnrollOptions {
+                token: a.token,
+                ca_url: a.ca,
+                etc_dir: a.etc_dir,
+                host_key: a.host_key,
+                host_name: a.host_name,
+            };
+            enroll::run(&opts, &HttpCa::connect, now_unix(), &mut out, &mut err)?;
         }
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -159,3 +159,43 @@ fn key_changes_wait_for_the_offline_root_and_only_its_signature_is_imported() {
         describe(&out)
     );
 }
+
+#[test]
+fn a_replaced_root_is_refused_by_hosts_pinned_to_the_old_one() {
+    if !pedm_e2e::env::require_root_and_sshd() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::init(&dir.path().join("ca"), None).unwrap();
+    let out = run(
+        &ca,
+        &[
+            "replace-root",
+            "--data-dir",
+            p(&ca.data_dir),
+            "--reason",
+            "INC-9 root exposed",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let new_root = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("trust-root: ").map(str::to_string))
+        .unwrap();
+    assert_ne!(new_root, ca.trust_root);
+    let server = ca.serve("").unwrap();
+    let mut sshd = pedm_e2e::sshd::TestSshd::prepare("").unwrap();
+    let old_pin = sshd.install(server.url(), &ca.trust_root);
+    assert!(
+        !old_pin.status.success(),
+        "a host pinned to the old root accepted the new bundle"
+    );
+    assert!(
+        String::from_utf8_lossy(&old_pin.stderr).contains("not by the pinned trust root"),
+        "{}",
+        describe(&old_pin)
+    );
+    let new_pin = sshd.install(server.url(), &new_root);
+    assert!(new_pin.status.success(), "{}", describe(&new_pin));
+    sshd.run().unwrap();
+}

@@ -215,6 +215,7 @@ pub async fn activate(
     let fingerprint = req.fingerprint.clone();
     let hosts = state.config.hosts.clone();
     let lifetime = state.config.bundle.lifetime.0.as_secs() as i64;
+    let krl_lifetime = state.config.krl.lifetime.0.as_secs() as i64;
     let check = blocking(&state, move |s| {
         let check = s
             .authority
@@ -228,6 +229,9 @@ pub async fn activate(
         s.authority
             .activate_key(&fingerprint, &check, req.force, &session.user, lifetime)
             .map_err(|e| ca_problem("activating the key", e))?;
+        s.authority
+            .ensure_krl(krl_lifetime)
+            .map_err(|e| ApiError::internal("publishing the KRL", e))?;
         Ok(check)
     })
     .await?;

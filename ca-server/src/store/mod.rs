@@ -356,7 +356,10 @@ pub trait Store: Send + Sync {
         key: &CaKeyRow,
         event: &AuditEvent,
     ) -> Result<AuditRecord>;
+    /// The current trust root (the newest; earlier ones are kept as history).
     fn trust_root(&self) -> Result<TrustRootRow>;
+    /// Makes `root` the trust root (after a compromise of the old one).
+    fn replace_trust_root(&self, root: &TrustRootRow, event: &AuditEvent) -> Result<()>;
     /// Every CA key ever used.
     fn ca_keys(&self) -> Result<Vec<CaKeyRow>>;
     fn latest_bundle(&self) -> Result<Option<BundleRow>>;

@@ -506,7 +506,7 @@ impl Store for SqliteStore {
     fn trust_root(&self) -> Result<TrustRootRow> {
         self.read(|c| {
             c.query_row(
-                "SELECT fingerprint, public_key, key_file FROM trust_root LIMIT 1",
+                "SELECT fingerprint, public_key, key_file FROM trust_root ORDER BY rowid DESC LIMIT 1",
                 [],
                 |r| {
                     Ok(TrustRootRow {
@@ -683,6 +683,17 @@ impl Store for SqliteStore {
             let change = decide(&row, &decisions).map_err(StoreError::Rejected)?;
             apply_change(tx, id, &change)?;
             Ok(read_elevation(tx, id)?.map(|(r, _)| r))
+        })
+    }
+
+    fn replace_trust_root(&self, root: &TrustRootRow, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO trust_root (fingerprint, public_key, key_file, created_at) VALUES (?1,?2,?3,?4)",
+                params![root.fingerprint, root.public_key, root.key_file, now_ms() / 1000],
+            )?;
+            append(tx, event)?;
+            Ok(())
         })
     }
 
