@@ -783,6 +783,8 @@ impl Authority {
     /// current one's lifetime is left; returns the current one. Revoked serials leave the KRL
     /// once their certificates have expired.
     pub fn ensure_krl(&self, lifetime_secs: i64) -> Result<crate::store::KrlRow, CaError> {
+        // Sign only with the key that is active now (another process may have rotated).
+        self.reload_signer()?;
         let now = now_secs();
         let keys = self.store.ca_keys()?;
         let mut by_ca: BTreeMap<String, Vec<u64>> = BTreeMap::new();

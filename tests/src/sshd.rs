@@ -185,6 +185,29 @@ impl TestSshd {
             .expect("running pedm-host-config install")
     }
 
+    /// `pedm-host-config refresh` for this tree (what the systemd timer runs on a host).
+    pub fn refresh(&self) -> Output {
+        Command::new(bins::pedm_host_config())
+            .arg("refresh")
+            .arg("--etc-dir")
+            .arg(&self.etc)
+            .args(["--sshd", SSHD, "--no-reload"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running pedm-host-config refresh")
+    }
+
+    /// `pedm-host-config enroll --token T` with this tree's sshd host key.
+    pub fn enroll(&self, token: &str, host_name: &str) -> Output {
+        Command::new(bins::pedm_host_config())
+            .args(["enroll", "--token", token, "--host-name", host_name])
+            .arg("--etc-dir")
+            .arg(&self.etc)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running pedm-host-config enroll")
+    }
+
     /// Starts `sshd -D -e -f CONFIG` and waits for `Server listening on`, retrying on another
     /// port when the port was taken.
     pub fn run(&mut self) -> Result<()> {
