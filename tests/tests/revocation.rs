@@ -96,8 +96,19 @@ fn revoked_serial_user_and_key_are_refused_by_sshd_while_others_log_in() {
     users::ensure_user("alice");
     users::ensure_user("bob");
     let sshd = TestSshd::start(s.server.url(), &s.ca.trust_root, "").expect("sshd");
-    let krl = sshd.pedm_dir().join("revoked-keys.krl");
     let dir = s.dir.path();
+    // What the CA serves (for ssh-keygen -Q); the host installs its own copy by refreshing.
+    let krl = dir.join("served.krl");
+    let host_krl = sshd.pedm_dir().join("revoked-keys.krl");
+    let refresh = |want: &Path| {
+        let out = sshd.refresh();
+        assert!(out.status.success(), "refresh: {}", describe(&out));
+        assert_eq!(
+            std::fs::read(&host_krl).unwrap(),
+            std::fs::read(want).unwrap(),
+            "the host installed another KRL"
+        );
+    };
     let alice = api_login(&s.server, "alice", false).unwrap();
     let bob = api_login(&s.server, "bob", false).unwrap();
     let ka = UserKey::generate(&dir.join("alice_key")).unwrap();
@@ -110,6 +121,7 @@ fn revoked_serial_user_and_key_are_refused_by_sshd_while_others_log_in() {
 
     // Before any revocation the KRL revokes nothing and everyone logs in.
     let v1 = fetch_krl(&s, &krl);
+    refresh(&krl);
     for (user, key, cert) in [
         ("alice", &ka, &alice_cert),
         ("bob", &kb, &bob_1),
@@ -141,6 +153,7 @@ fn revoked_serial_user_and_key_are_refused_by_sshd_while_others_log_in() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no certificate with serial 999999"));
 
     let v2 = fetch_krl(&s, &krl);
+    refresh(&krl);
     assert!(
         v2 > v1,
         "a new KRL version after revocations ({v1} -> {v2})"
