@@ -95,6 +95,8 @@ pub struct TamperProxy {
 
 struct Shared {
     upstream: Mutex<Option<String>>,
+    /// Paths answered with a fixed JSON body instead of the upstream's.
+    overrides: Mutex<std::collections::BTreeMap<String, String>>,
     mode: Mutex<Mode>,
     tampered: AtomicUsize,
     requests: Mutex<Vec<(String, String)>>,
@@ -120,6 +122,7 @@ impl TamperProxy {
             .context("the tamper proxy's address")?;
         let shared = Arc::new(Shared {
             upstream: Mutex::new(None),
+            overrides: Mutex::new(std::collections::BTreeMap::new()),
             mode: Mutex::new(Mode::PassThrough),
             tampered: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
@@ -175,6 +178,21 @@ impl TamperProxy {
     }
 
     /// Changes what happens to the next ID tokens; takes effect for responses relayed from now.
+    /// Answers `GET path` (exact, without query) with `body` as JSON from now on, or
+    /// forwards it again with `None`: for serving a host stale, foreign or tampered documents
+    /// from in front of the real CA.
+    pub fn set_override(&self, path: &str, body: Option<String>) {
+        let mut o = lock(&self.shared.overrides);
+        match body {
+            Some(b) => {
+                o.insert(path.to_string(), b);
+            }
+            None => {
+                o.remove(path);
+            }
+        }
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         *lock(&self.shared.mode) = mode;
     }
@@ -481,6 +499,14 @@ fn is_connection_header(name: &str) -> bool {
 }
 
 fn serve(req: &Request, shared: &Shared, client: &Client) -> Response {
+    let path = req.target.split('?').next().unwrap_or_default();
+    if let Some(body) = lock(&shared.overrides).get(path).cloned() {
+        return Response {
+            status: 200,
+            headers: vec![("content-type".to_string(), b"application/json".to_vec())],
+            body: body.into_bytes(),
+        };
+    }
     let Some(upstream) = lock(&shared.upstream).clone() else {
         return Response::error(503, "no upstream set yet (call set_upstream)");
     };
