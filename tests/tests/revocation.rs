@@ -337,3 +337,71 @@ fn the_admin_api_revokes_and_rotates_for_admins_only() {
         });
     assert!(forced, "the forced activation is audited as forced");
 }
+
+#[test]
+fn a_revoked_serial_leaves_the_krl_once_its_certificate_has_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pedm_e2e::ca::TestCa::init(&dir.path().join("ca"), None).unwrap();
+    let server = ca.serve("").unwrap();
+    let key = UserKey::generate(&dir.path().join("k")).unwrap();
+    let short = dir.path().join("short.cert");
+    let long = dir.path().join("long.cert");
+    for (path, ttl) in [(&short, "3s"), (&long, "10m")] {
+        let c = ca
+            .issue_break_glass(&key.public, &["break-glass"], ttl, "drill")
+            .unwrap();
+        std::fs::write(path, c).unwrap();
+    }
+    for cert in [&short, &long] {
+        let serial = serial_of(cert).to_string();
+        let out = ca
+            .command()
+            .args(["revoke", "--data-dir"])
+            .arg(&ca.data_dir)
+            .args(["--serial", &serial, "--reason", "drill"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let url = server.url().to_string();
+    let served = |path: &Path| {
+        let text = reqwest::blocking::get(format!("{url}/v1/krl"))
+            .unwrap()
+            .text()
+            .unwrap();
+        let signed: SignedKrl = serde_json::from_str(&text).unwrap();
+        let payload: pedm_api::krl::KrlPayload = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &signed.payload)
+                .unwrap(),
+        )
+        .unwrap();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &payload.krl)
+                .unwrap();
+        std::fs::write(path, bytes).unwrap();
+        payload.version
+    };
+    let krl = dir.path().join("k.krl");
+    let before = served(&krl);
+    assert!(revoked(&krl, &short) && revoked(&krl, &long));
+    let until = pedm_e2e::keys::inspect_cert(&short)
+        .unwrap()
+        .valid_before
+        .unwrap();
+    while pedm_e2e::keys::now_unix() <= until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = served(&krl);
+    assert!(
+        after > before,
+        "a new KRL once the short certificate expired"
+    );
+    assert!(
+        !revoked(&krl, &short),
+        "an expired certificate's serial is still listed"
+    );
+    assert!(
+        revoked(&krl, &long),
+        "the unexpired revoked certificate must stay listed"
+    );
+}

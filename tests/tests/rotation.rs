@@ -1,7 +1,8 @@
 //! CA key rotation with a real sshd: stage → hosts learn the next key → activation (guarded
 //! by publication time and host coverage) → certificates of both keys log in → emergency
-//! revocation of the old key. Hosts here re-run `pedm-host-config install` to pick up each new
-//! bundle, and check in signed with their sshd host key.
+//! revocation of the old key. The host picks up each new bundle with `pedm-host-config
+//! refresh`; its check-ins are signed here by hand with its sshd host key (the check-in of a
+//! key that is not the host's must not count).
 
 use base64::Engine as _;
 use pedm_api::{CheckinPayload, CHECKIN_NAMESPACE};
@@ -142,7 +143,7 @@ fn rotation_without_lockout_then_emergency_revocation_of_the_old_key() {
     assert!(err.contains("checked-in host"), "{err}");
 
     // The host installs the bundle naming the next key, enrolls and checks in.
-    let out = sshd.install(s.server.url(), &s.ca.trust_root);
+    let out = sshd.refresh();
     assert!(out.status.success(), "{}", describe(&out));
     let trusted =
         std::fs::read_to_string(sshd.pedm_dir().join("trusted-user-ca-keys.pub")).unwrap();
@@ -205,7 +206,7 @@ fn rotation_without_lockout_then_emergency_revocation_of_the_old_key() {
         "the running CA signs with the new key"
     );
     assert_eq!(inspect_cert(&c1).unwrap().signing_ca, old_key);
-    let out = sshd.install(s.server.url(), &s.ca.trust_root);
+    let out = sshd.refresh();
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         logs_in(&sshd, &key, &c1),
@@ -228,7 +229,7 @@ fn rotation_without_lockout_then_emergency_revocation_of_the_old_key() {
         ],
     );
     assert!(out.status.success(), "{}", describe(&out));
-    let out = sshd.install(s.server.url(), &s.ca.trust_root);
+    let out = sshd.refresh();
     assert!(out.status.success(), "{}", describe(&out));
     let trusted =
         std::fs::read_to_string(sshd.pedm_dir().join("trusted-user-ca-keys.pub")).unwrap();
