@@ -904,6 +904,36 @@ impl Authority {
         Ok(row)
     }
 
+    /// Deletes a staged key that was never published (a mistake made while the root is
+    /// offline); a published key is never deleted.
+    pub fn delete_key(&self, fingerprint: &str, actor: &str) -> Result<(), CaError> {
+        let key_file = self
+            .store
+            .ca_keys()?
+            .into_iter()
+            .find(|k| k.fingerprint == fingerprint)
+            .map(|k| k.key_file);
+        self.store
+            .delete_unpublished_key(
+                fingerprint,
+                &AuditEvent::new(
+                    actor,
+                    "key.delete",
+                    fingerprint.to_string(),
+                    serde_json::json!({}),
+                ),
+            )
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => CaError::Refused(m),
+                other => CaError::Store(other),
+            })?;
+        self.after_write()?;
+        if let Some(f) = key_file {
+            let _ = std::fs::remove_file(self.data_dir.join(f));
+        }
+        Ok(())
+    }
+
     /// Whether the staged key `fingerprint` may be activated now, and why (not).
     pub fn activation_check(
         &self,

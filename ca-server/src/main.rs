@@ -213,6 +213,14 @@ enum KeysCommand {
     ///
     /// Example: pedm-ca keys stage --config /etc/pedm-ca/ca.toml
     Stage(KeysTarget),
+    /// Delete a staged key that no bundle ever named (a published key is never deleted).
+    ///
+    /// Example: pedm-ca keys delete SHA256:… --config /etc/pedm-ca/ca.toml
+    Delete {
+        fingerprint: String,
+        #[command(flatten)]
+        target: KeysTarget,
+    },
     /// Make the staged key active (the active one becomes retired). Refused until the key has
     /// been published for the hosts' refresh interval and enough hosts trust it.
     ///
@@ -461,6 +469,17 @@ fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
                     "note: the trust root is offline; publish the key with `pedm-ca bundle draft`, `bundle sign` where the root lives, and `bundle import`"
                 );
             }
+            Ok(())
+        }
+        KeysCommand::Delete {
+            fingerprint,
+            target,
+        } => {
+            let k = keys_settings(target)?;
+            let ca = open_for_keys(&k)?;
+            ca.delete_key(&fingerprint, &actor)?;
+            ca.checkpoint()?;
+            println!("deleted {fingerprint}");
             Ok(())
         }
         KeysCommand::Activate {

@@ -199,3 +199,54 @@ fn a_replaced_root_is_refused_by_hosts_pinned_to_the_old_one() {
     assert!(new_pin.status.success(), "{}", describe(&new_pin));
     sshd.run().unwrap();
 }
+
+#[test]
+fn only_a_key_no_bundle_named_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::init(&dir.path().join("ca"), None).unwrap();
+    let data = ca.data_dir.clone();
+    // The active key was published by init: never deleted.
+    let out = run(&ca, &["keys", "delete", &ca.ca_key, "--data-dir", p(&data)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("never deleted"),
+        "{}",
+        describe(&out)
+    );
+    // Root offline: a staged key waits unpublished, and may be deleted.
+    std::fs::rename(
+        data.join("keys/trust-root.key"),
+        dir.path().join("root.key"),
+    )
+    .unwrap();
+    let out = run(&ca, &["keys", "stage", "--data-dir", p(&data)]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let staged = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("staged: ").map(str::to_string))
+        .unwrap();
+    assert!(data.join("keys/ca-2.key").exists());
+    let out = run(&ca, &["keys", "delete", &staged, "--data-dir", p(&data)]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        !data.join("keys/ca-2.key").exists(),
+        "the key file is gone too"
+    );
+    let list = run(&ca, &["keys", "list", "--data-dir", p(&data)]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&staged));
+    // Once published (root back, a new stage publishes), it can no longer be deleted.
+    std::fs::rename(
+        dir.path().join("root.key"),
+        data.join("keys/trust-root.key"),
+    )
+    .unwrap();
+    let out = run(&ca, &["keys", "stage", "--data-dir", p(&data)]);
+    let staged = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("staged: ").map(str::to_string))
+        .unwrap();
+    let out = run(&ca, &["keys", "delete", &staged, "--data-dir", p(&data)]);
+    assert!(!out.status.success(), "a published key was deleted");
+    let audit = pedm_e2e::ca::audit_verify(&data);
+    assert!(audit.status.success(), "{}", describe(&audit));
+}

@@ -399,6 +399,8 @@ pub trait Store: Send + Sync {
         id: &str,
         decide: &mut ElevationDecider<'_>,
     ) -> Result<Option<ElevationRow>>;
+    /// Deletes a staged key that no bundle ever named; refuses every other key.
+    fn delete_unpublished_key(&self, fingerprint: &str, event: &AuditEvent) -> Result<()>;
     /// Adds a CA key (staged as `next`).
     fn add_ca_key(&self, key: &CaKeyRow, event: &AuditEvent) -> Result<()>;
     /// Moves the active key to `retired` and `fingerprint` (which must be `next`) to

@@ -697,6 +697,35 @@ impl Store for SqliteStore {
         })
     }
 
+    fn delete_unpublished_key(&self, fingerprint: &str, event: &AuditEvent) -> Result<()> {
+        self.write(|tx| {
+            let row: Option<(String, Option<u64>)> = tx
+                .query_row(
+                    "SELECT state, published_version FROM ca_keys WHERE fingerprint = ?1",
+                    [fingerprint],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match row {
+                None => return Err(StoreError::Conflict(format!("no CA key {fingerprint}"))),
+                Some((_, Some(v))) => {
+                    return Err(StoreError::Conflict(format!(
+                        "{fingerprint} was published in bundle version {v}: a published key is never deleted (hosts may trust it, and old checkpoints need it); revoke it instead"
+                    )))
+                }
+                Some((state, None)) if state != "next" => {
+                    return Err(StoreError::Conflict(format!(
+                        "{fingerprint} is {state}; only an unpublished staged key can be deleted"
+                    )))
+                }
+                Some(_) => {}
+            }
+            tx.execute("DELETE FROM ca_keys WHERE fingerprint = ?1", [fingerprint])?;
+            append(tx, event)?;
+            Ok(())
+        })
+    }
+
     fn add_ca_key(&self, key: &CaKeyRow, event: &AuditEvent) -> Result<()> {
         self.write(|tx| {
             tx.execute(
