@@ -227,6 +227,20 @@ impl Client {
         self.post("v1/auth/oidc/finish", req, None).await
     }
 
+    /// `POST /v1/auth/device/start`.
+    pub async fn device_start(&self) -> Result<DeviceStartResponse, ClientError> {
+        self.post("v1/auth/device/start", &serde_json::json!({}), None)
+            .await
+    }
+
+    /// `POST /v1/auth/device/poll`: one poll; the caller waits `interval` between calls.
+    pub async fn device_poll(
+        &self,
+        req: &DevicePollRequest,
+    ) -> Result<DevicePollResponse, ClientError> {
+        self.post("v1/auth/device/poll", req, None).await
+    }
+
     /// `POST /v1/certs` with the session token.
     pub async fn certs(
         &self,

@@ -107,6 +107,47 @@ pub struct SessionResponse {
     pub expires_at: i64,
 }
 
+/// Answer of `POST /v1/auth/device/start` (RFC 8628 through the CA).
+///
+/// The IdP's `device_code` never leaves the CA; the CLI instead holds `poll_token`, a fresh
+/// 256-bit secret of the CA's whose SHA-256 names the pending device login. Whoever has the
+/// user code but not the poll token can complete the IdP side but never gets the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStartResponse {
+    /// Where the user enters `user_code` (at the IdP).
+    pub verification_uri: String,
+    /// The same with the code filled in, when the IdP offers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+    pub user_code: String,
+    /// Seconds to wait between two polls (5 when the IdP gave none).
+    pub interval: u64,
+    /// Unix seconds after which the device code is dead.
+    pub expires_at: i64,
+    /// Secret for `/v1/auth/device/poll`; only its SHA-256 is kept by the CA.
+    pub poll_token: String,
+}
+
+/// `POST /v1/auth/device/poll`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePollRequest {
+    pub poll_token: String,
+}
+
+/// Answer of `POST /v1/auth/device/poll` when no refusal ended the login. Each call polls the
+/// IdP once; the client paces itself by `interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DevicePollResponse {
+    /// The user has not finished at the IdP yet.
+    Pending,
+    /// Poll less often: wait `interval` seconds (already increased) between polls.
+    SlowDown { interval: u64 },
+    /// Signed in: the session, exactly as the browser flow returns it.
+    Complete(SessionResponse),
+}
+
 /// Answer of `GET /v1/session`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -333,4 +374,42 @@ pub struct CheckinResponse {
     /// Whether the check-in counts toward coverage (signed by an enrolled host key).
     pub counted: bool,
     pub ca_time: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn device_poll_answers_have_a_status_tag() {
+        let v = |r: &DevicePollResponse| serde_json::to_value(r).unwrap();
+        assert_eq!(
+            v(&DevicePollResponse::Pending),
+            json!({"status": "pending"})
+        );
+        assert_eq!(
+            v(&DevicePollResponse::SlowDown { interval: 10 }),
+            json!({"status": "slow_down", "interval": 10})
+        );
+        let session = SessionResponse {
+            session_token: "t".into(),
+            user: "alice".into(),
+            roles: vec!["engineer".into()],
+            principals: vec!["alice".into()],
+            expires_at: 1,
+        };
+        let complete = DevicePollResponse::Complete(session);
+        assert_eq!(
+            v(&complete),
+            json!({"status": "complete", "session_token": "t", "user": "alice",
+                   "roles": ["engineer"], "principals": ["alice"], "expires_at": 1})
+        );
+        let back: DevicePollResponse = serde_json::from_value(v(&complete)).unwrap();
+        assert_eq!(back, complete);
+        assert!(serde_json::from_value::<DevicePollRequest>(
+            json!({"poll_token": "p", "device_code": "x"})
+        )
+        .is_err());
+    }
 }

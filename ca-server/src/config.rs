@@ -106,6 +106,11 @@ pub struct OidcConfig {
     /// A fixed loopback callback port for IdPs that want one exact redirect URI.
     #[serde(default)]
     pub redirect_port: Option<u16>,
+    /// Offer the RFC 8628 device flow (`pedm-ssh login --device`) through the CA. Off by
+    /// default: a user code can be phished (an attacker starts a login and talks someone into
+    /// entering its code), so enable it only where people need to sign in without a browser.
+    #[serde(default)]
+    pub device_flow: bool,
 }
 
 impl OidcConfig {

@@ -17,8 +17,8 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
-    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, Scope,
+    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, NonceVerifier,
+    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, Scope,
     SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,9 @@ pub struct ExtraMetadata {
     /// RFC 9207: the IdP puts `iss` on every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
+    /// RFC 8628: where the CA asks for a device code.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 impl AdditionalProviderMetadata for ExtraMetadata {}
@@ -307,10 +310,23 @@ impl RelyingParty {
             .ok_or_else(|| OidcError::IdToken("the token response has no id_token".into()))?
             .clone();
         let max_age = self.max_age(reauth);
-        match self.verify(&d, &id_token, nonce, max_age) {
+        let nonce = Nonce::new(nonce.to_string());
+        self.verify_with_refetch(d, &id_token, || &nonce, max_age)
+            .await
+    }
+
+    /// Verifies, and on an unknown `kid` refetches the JWKS (rate-limited) and tries once more.
+    async fn verify_with_refetch<'n, N: NonceVerifier>(
+        &self,
+        d: Arc<Discovered>,
+        id_token: &CoreIdToken,
+        nonce: impl Fn() -> N + 'n,
+        max_age: Duration,
+    ) -> Result<VerifiedIdentity, OidcError> {
+        match self.verify(&d, id_token, nonce(), max_age) {
             Err(VerifyFailure::UnknownKey) => {
                 let d = self.refetch_jwks(&d).await?;
-                match self.verify(&d, &id_token, nonce, max_age) {
+                match self.verify(&d, id_token, nonce(), max_age) {
                     Ok(v) => Ok(v),
                     Err(VerifyFailure::UnknownKey) => Err(OidcError::IdToken(
                         "it is signed by a key the issuer does not publish".into(),
@@ -354,7 +370,7 @@ impl RelyingParty {
         &self,
         d: &Discovered,
         id_token: &CoreIdToken,
-        nonce: &str,
+        nonce: impl NonceVerifier,
         max_age: Duration,
     ) -> Result<VerifiedIdentity, VerifyFailure> {
         let verifier = d
@@ -363,14 +379,12 @@ impl RelyingParty {
             .set_allowed_algs(ALLOWED_ALGS)
             .require_issuer_match(true)
             .require_audience_match(true);
-        let claims = id_token
-            .claims(&verifier, &Nonce::new(nonce.to_string()))
-            .map_err(|e| match e {
-                ClaimsVerificationError::SignatureVerification(
-                    SignatureVerificationError::NoMatchingKey,
-                ) => VerifyFailure::UnknownKey,
-                other => VerifyFailure::Refused(describe_claims_error(&other)),
-            })?;
+        let claims = id_token.claims(&verifier, nonce).map_err(|e| match e {
+            ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            ) => VerifyFailure::UnknownKey,
+            other => VerifyFailure::Refused(describe_claims_error(&other)),
+        })?;
         let subject = claims.subject().as_str().to_string();
         let issuer = claims.issuer().as_str().to_string();
         let auth_time = claims.auth_time().map(|t| t.timestamp());
@@ -406,6 +420,224 @@ impl RelyingParty {
             auth_time,
             claims: payload,
         })
+    }
+}
+
+/// What the IdP's device authorization endpoint (RFC 8628 §3.2) handed the CA.
+///
+/// `device_code` stays at the CA: it is never sent to the CLI, which gets a poll token of the
+/// CA's own instead (see `http::device`).
+#[derive(Debug, Clone)]
+pub struct DeviceAuthorization {
+    pub device_code: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds the device code lives.
+    pub expires_in: u64,
+    /// Seconds between polls; [`DEFAULT_DEVICE_INTERVAL`] when the IdP sends none.
+    pub interval: u64,
+}
+
+/// RFC 8628 §3.2: the polling interval when the IdP gives none.
+pub const DEFAULT_DEVICE_INTERVAL: u64 = 5;
+
+/// RFC 8628 §3.5: how much longer to wait after each `slow_down`.
+pub const SLOW_DOWN_STEP: u64 = 5;
+
+/// The answer of one poll of the token endpoint with a device code.
+#[derive(Debug, Clone)]
+pub enum DevicePoll {
+    /// `authorization_pending`: the user has not finished yet.
+    Pending,
+    /// `slow_down`: poll less often.
+    SlowDown,
+    /// `expired_token`: the device code is dead; start again.
+    Expired,
+    /// `access_denied`: the user (or the IdP) refused.
+    Denied,
+    /// Tokens, with a verified ID token. `auth_time` is always `None`.
+    Done(VerifiedIdentity),
+}
+
+#[derive(Deserialize)]
+struct RawDeviceAuthorization {
+    device_code: String,
+    user_code: String,
+    #[serde(alias = "verification_url")]
+    verification_uri: String,
+    #[serde(default)]
+    verification_uri_complete: Option<String>,
+    expires_in: u64,
+    #[serde(default)]
+    interval: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawTokenError {
+    error: String,
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    #[serde(default)]
+    id_token: Option<String>,
+}
+
+/// Maps a token-endpoint `error` of a device-code poll (RFC 8628 §3.5). Any other error is
+/// a refusal of the grant.
+pub fn classify_device_error(error: &str) -> Result<DevicePoll, OidcError> {
+    match error {
+        "authorization_pending" => Ok(DevicePoll::Pending),
+        "slow_down" => Ok(DevicePoll::SlowDown),
+        "expired_token" => Ok(DevicePoll::Expired),
+        "access_denied" => Ok(DevicePoll::Denied),
+        other => Err(OidcError::GrantRefused(other.chars().take(64).collect())),
+    }
+}
+
+fn check_http_url(text: &str, what: &str) -> Result<(), OidcError> {
+    match url::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "https" | "http") => Ok(()),
+        _ => Err(OidcError::Unavailable(format!(
+            "the identity provider's {what} is not an http(s) URL"
+        ))),
+    }
+}
+
+/// The device flow (RFC 8628). Both calls are plain form POSTs with `client_secret_basic`,
+/// made by the CA alone: the CLI never sees the device code or talks to the IdP.
+impl RelyingParty {
+    fn client_auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        // RFC 6749 §2.3.1: both parts form-urlencoded before Basic.
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        req.basic_auth(
+            enc(&self.settings.client_id),
+            Some(enc(&self.settings.client_secret)),
+        )
+    }
+
+    /// Asks the IdP's `device_authorization_endpoint` for a device and user code.
+    pub async fn device_authorization(&self) -> Result<DeviceAuthorization, OidcError> {
+        let d = self.discovered().await?;
+        let endpoint = d
+            .metadata
+            .additional_metadata()
+            .device_authorization_endpoint
+            .clone()
+            .ok_or_else(|| {
+                OidcError::Unavailable(
+                    "the identity provider advertises no device_authorization_endpoint".into(),
+                )
+            })?;
+        let scope = std::iter::once("openid")
+            .chain(SCOPES)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let resp = self
+            .client_auth(self.http.post(&endpoint))
+            .form(&[("scope", scope.as_str())])
+            .send()
+            .await
+            .map_err(|e| {
+                OidcError::Unavailable(format!(
+                    "the device authorization endpoint failed: {}",
+                    error_chain(&e)
+                ))
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            OidcError::Unavailable(format!(
+                "the device authorization endpoint failed: {}",
+                error_chain(&e)
+            ))
+        })?;
+        if !status.is_success() {
+            let error = serde_json::from_slice::<RawTokenError>(&bytes)
+                .map(|e| e.error.chars().take(64).collect::<String>())
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(OidcError::Unavailable(format!(
+                "the device authorization endpoint refused: {error}"
+            )));
+        }
+        let raw: RawDeviceAuthorization = serde_json::from_slice(&bytes).map_err(|e| {
+            OidcError::Unavailable(format!(
+                "the device authorization response does not parse: {e}"
+            ))
+        })?;
+        check_http_url(&raw.verification_uri, "verification_uri")?;
+        if let Some(c) = &raw.verification_uri_complete {
+            check_http_url(c, "verification_uri_complete")?;
+        }
+        Ok(DeviceAuthorization {
+            device_code: raw.device_code,
+            user_code: raw.user_code,
+            verification_uri: raw.verification_uri,
+            verification_uri_complete: raw.verification_uri_complete,
+            expires_in: raw.expires_in,
+            interval: raw
+                .interval
+                .filter(|i| *i > 0)
+                .unwrap_or(DEFAULT_DEVICE_INTERVAL),
+        })
+    }
+
+    /// Polls the token endpoint once with `device_code` and, on success, verifies the ID token:
+    /// signature with the algorithm allow-list, `iss`, `aud`, `exp`, `iat`. Device-flow ID
+    /// tokens carry no `nonce` (the CA never sent one), so here — and only here — a missing
+    /// nonce is accepted; a present one is refused. The binding is instead that the CA itself
+    /// received the token from the token endpoint over TLS in exchange for a device code that
+    /// never left the CA. `auth_time` is dropped: a device session never counts as recent.
+    pub async fn poll_device(&self, device_code: &str) -> Result<DevicePoll, OidcError> {
+        let d = self.discovered().await?;
+        let endpoint = d
+            .metadata
+            .token_endpoint()
+            .ok_or_else(|| OidcError::Unavailable("no token endpoint".into()))?
+            .url()
+            .clone();
+        let resp = self
+            .client_auth(self.http.post(endpoint))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code),
+            ])
+            .send()
+            .await
+            .map_err(|e| {
+                OidcError::Unavailable(format!("the token endpoint failed: {}", error_chain(&e)))
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            OidcError::Unavailable(format!("the token endpoint failed: {}", error_chain(&e)))
+        })?;
+        // An `error` member is an error whatever the status says (RFC 6749 §5.2 says 400).
+        if let Ok(e) = serde_json::from_slice::<RawTokenError>(&bytes) {
+            return classify_device_error(&e.error);
+        }
+        if !status.is_success() {
+            return Err(OidcError::Unavailable(format!(
+                "the token endpoint answered HTTP {status}"
+            )));
+        }
+        let raw: RawTokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| OidcError::IdToken(format!("the token response does not parse: {e}")))?;
+        let text = raw
+            .id_token
+            .ok_or_else(|| OidcError::IdToken("the token response has no id_token".into()))?;
+        let id_token: CoreIdToken = serde_json::from_value(Value::String(text))
+            .map_err(|e| OidcError::IdToken(format!("the id_token does not parse: {e}")))?;
+        let no_nonce = || {
+            |n: Option<&Nonce>| match n {
+                None => Ok(()),
+                Some(_) => Err("a device-flow ID token must not carry a nonce".to_string()),
+            }
+        };
+        let mut identity = self
+            .verify_with_refetch(d, &id_token, no_nonce, self.settings.max_age)
+            .await?;
+        identity.auth_time = None;
+        Ok(DevicePoll::Done(identity))
     }
 }
 
@@ -460,6 +692,30 @@ mod tests {
             assert!(!name.starts_with("HS"), "{name}");
             assert_ne!(name, "none");
         }
+    }
+
+    #[test]
+    fn device_errors_map_per_rfc_8628() {
+        assert!(matches!(
+            classify_device_error("authorization_pending"),
+            Ok(DevicePoll::Pending)
+        ));
+        assert!(matches!(
+            classify_device_error("slow_down"),
+            Ok(DevicePoll::SlowDown)
+        ));
+        assert!(matches!(
+            classify_device_error("expired_token"),
+            Ok(DevicePoll::Expired)
+        ));
+        assert!(matches!(
+            classify_device_error("access_denied"),
+            Ok(DevicePoll::Denied)
+        ));
+        assert!(matches!(
+            classify_device_error("invalid_grant"),
+            Err(OidcError::GrantRefused(e)) if e == "invalid_grant"
+        ));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         authority,
         config: config.clone(),
         metrics: Metrics::default(),
+        device_logins: Default::default(),
     });
     let app = router(state.clone());
 

@@ -78,6 +78,9 @@ pub async fn run(cli: Cli, ctx: &Ctx) -> Result<Exit, Failure> {
         Command::Deny(a) => ok(decide::deny(ctx, &a).await),
         Command::Cancel(a) => ok(decide::cancel(ctx, &a).await),
         Command::Revoke(a) => ok(decide::revoke(ctx, &a).await),
+        Command::Ensure(a) => ok(crate::ensure::run(ctx, &a).await),
+        Command::Ssh(a) => ok(crate::ensure::run_ssh(ctx, &a).await),
+        Command::Config(a) => ok(crate::sshconfig::run(ctx, &a)),
     }
 }
 

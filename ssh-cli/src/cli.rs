@@ -68,6 +68,7 @@ the key to ssh-agent when SSH_AUTH_SOCK is set.",
   PEDM_CA=https://ca.example.com pedm-ssh login --no-browser
   pedm-ssh login --ca https://ca.example.com --key ~/.ssh/work_ed25519
   pedm-ssh login --reauth        # authenticate again (an elevation or an approval needs a recent sign-in)
+  pedm-ssh login --device        # no browser here: enter the printed code on another device
 
 ",
             exit_codes!()
@@ -205,6 +206,49 @@ sent).",
         exit_codes!()
     ))]
     Elevations(ElevationsArgs),
+    /// Make sure the certificate has at least a margin of life left (renew it if not).
+    #[command(
+        long_about = "Exit 0 at once, without any network call, when the certificate beside \
+the key has more than --margin left (on the local clock corrected by the clock skew last seen \
+from the CA); otherwise renew it with the saved session, as `pedm-ssh cert` does. Also \
+rewrites $XDG_CONFIG_HOME/pedm-ssh/elevations.conf, which the `pedm-ssh config` snippet \
+includes. Meant for ssh_config's `Match exec` (see `pedm-ssh config`).",
+        after_help = concat!(
+            "Examples:
+  pedm-ssh ensure
+  pedm-ssh ensure --quiet --margin 5m && scp build.tar host:
+
+",
+            exit_codes!()
+        )
+    )]
+    Ensure(crate::ensure::EnsureArgs),
+    /// Renew the certificate if needed, then run ssh with the given arguments.
+    #[command(after_help = concat!(
+        "Examples:
+  pedm-ssh ssh alice@db1.example.com
+  pedm-ssh ssh -p 2222 -L 5432:localhost:5432 db1.example.com
+
+",
+        exit_codes!()
+    ))]
+    Ssh(crate::ensure::SshArgs),
+    /// Print an ssh_config snippet so plain ssh, scp, rsync and git renew on their own.
+    #[command(
+        long_about = "Print an ssh_config snippet: `Match exec \"/path/to/pedm-ssh ensure \
+--quiet\"` (the absolute path of this pedm-ssh, so PATH does not matter), the CertificateFile \
+and IdentityFile of the key, and an Include of the elevations file that `ensure` keeps \
+up to date with the valid elevated certificates. Put it at the top of ~/.ssh/config.",
+        after_help = concat!(
+            "Examples:
+  pedm-ssh config >> ~/.ssh/config    # then: ssh host, scp, rsync, git just work
+  pedm-ssh config --key ~/.ssh/work_ed25519
+
+",
+            exit_codes!()
+        )
+    )]
+    Config(crate::sshconfig::ConfigArgs),
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +267,10 @@ pub struct LoginArgs {
     /// (`max_age=0`), for elevations and approvals that need a recent sign-in.
     #[arg(long)]
     pub reauth: bool,
+    /// Sign in without a browser on this machine (RFC 8628 device flow, if the CA offers it):
+    /// prints a URL and a code to enter on any other device, then waits.
+    #[arg(long, conflicts_with_all = ["reauth", "no_browser"])]
+    pub device: bool,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +457,9 @@ mod tests {
             "cancel",
             "revoke",
             "elevations",
+            "ensure",
+            "ssh",
+            "config",
         ] {
             let mut c = Cli::command();
             let s = c

@@ -68,6 +68,7 @@ pub async fn issue(
     let cert = certfile::check_issued(&resp.base.certificate, &key.public, &key.path)?;
     let info = certfile::save(&key.path, &cert)?;
     let skew = resp.ca_time.saturating_sub(timefmt::now_unix());
+    crate::ensure::save_skew(&ctx.env, skew);
     if let Some(w) = timefmt::skew_warning(skew) {
         eprintln!("warning: {w}");
     }

@@ -61,6 +61,9 @@ impl std::fmt::Debug for LoginSecret {
 
 /// `pedm-ssh login`.
 pub async fn run(ctx: &Ctx, args: &LoginArgs) -> Result<(), Failure> {
+    if args.device {
+        return crate::device::run(ctx, args).await;
+    }
     let ca_url = args.ca.trim().to_string();
     // 1. The URL first: a refused CA must leave nothing behind.
     let client = Client::new(&ca_url).map_err(|e| exit::from_client(&e, &ca_url))?;
@@ -142,10 +145,23 @@ pub async fn run(ctx: &Ctx, args: &LoginArgs) -> Result<(), Failure> {
         })
         .await
         .map_err(|e| exit::from_client(&e, &ca_url))?;
+    complete(ctx, &client, &ca_url, &session_path, &key, sess).await
+}
+
+/// The end of every sign-in (browser and `--device`): save the session (revoking the one it
+/// replaces), get the certificate and load the agent, print the summary.
+pub(crate) async fn complete(
+    ctx: &Ctx,
+    client: &Client,
+    ca_url: &str,
+    session_path: &std::path::Path,
+    key: &keys::UserKey,
+    sess: pedm_api::SessionResponse,
+) -> Result<(), Failure> {
     // 7. Save the session.
     let saved = SessionFile {
         version: session::FORMAT_VERSION,
-        ca_url: ca_url.clone(),
+        ca_url: ca_url.to_string(),
         session_token: sess.session_token,
         user: sess.user,
         principals: sess.principals,
@@ -153,8 +169,8 @@ pub async fn run(ctx: &Ctx, args: &LoginArgs) -> Result<(), Failure> {
         key_path: key.path.clone(),
     };
     // A session this replaces is revoked (best effort): it must not stay valid unseen.
-    let replaced = session::load(&session_path).ok().flatten();
-    session::save(&session_path, &saved)?;
+    let replaced = session::load(session_path).ok().flatten();
+    session::save(session_path, &saved)?;
     if let Some(old) = replaced.filter(|o| o.session_token != saved.session_token) {
         if let Ok(old_client) = Client::new(&old.ca_url) {
             let answer = old_client.logout(&old.session_token).await;
@@ -164,7 +180,7 @@ pub async fn run(ctx: &Ctx, args: &LoginArgs) -> Result<(), Failure> {
         }
     }
     // 8, 9. The certificate, and the agent.
-    let issued = issue::issue(ctx, &client, &ca_url, &saved.session_token, &key).await?;
+    let issued = issue::issue(ctx, client, ca_url, &saved.session_token, key).await?;
     // 10. Summary.
     println!("signed in as {}", escape(&saved.user));
     if !sess.roles.is_empty() {

@@ -84,6 +84,21 @@ impl SignInSetup {
 
     /// [`SignInSetup::start_with`] with more keys in `[admin]` (`approver_recent_auth`).
     pub fn start_with_admin(admin_extra: &str, extra_toml: &str) -> Result<Option<SignInSetup>> {
+        Self::start_inner(admin_extra, extra_toml, false, false)
+    }
+
+    /// [`SignInSetup::start_with`] with the IdP's device flow enabled, and the CA's
+    /// `[oidc] device_flow` set to `ca_device_flow`.
+    pub fn start_device(ca_device_flow: bool, extra_toml: &str) -> Result<Option<SignInSetup>> {
+        Self::start_inner("", extra_toml, true, ca_device_flow)
+    }
+
+    fn start_inner(
+        admin_extra: &str,
+        extra_toml: &str,
+        idp_device_flow: bool,
+        ca_device_flow: bool,
+    ) -> Result<Option<SignInSetup>> {
         if !idp::node_available()? {
             return Ok(None);
         }
@@ -93,6 +108,7 @@ impl SignInSetup {
         let idp = TestIdp::start(IdpOptions {
             client_secret: CLIENT_SECRET.into(),
             issuer: Some(proxy.url()),
+            device_flow: idp_device_flow,
             ..IdpOptions::default()
         })?;
         proxy.set_upstream(&format!("http://127.0.0.1:{}", idp.port));
@@ -100,10 +116,15 @@ impl SignInSetup {
         let secret_file = dir.path().join("client-secret");
         std::fs::write(&secret_file, CLIENT_SECRET)?;
         std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))?;
-        let server = ca.serve(&format!(
-            "{}\n{extra_toml}",
-            ca_oidc_config_with_admin(&proxy.url(), &secret_file, admin_extra)
-        ))?;
+        let mut config = ca_oidc_config_with_admin(&proxy.url(), &secret_file, admin_extra);
+        if ca_device_flow {
+            config = config.replacen(
+                "client_id = \"pedm-ca\"\n",
+                "client_id = \"pedm-ca\"\ndevice_flow = true\n",
+                1,
+            );
+        }
+        let server = ca.serve(&format!("{config}\n{extra_toml}"))?;
         Ok(Some(SignInSetup {
             server,
             proxy,

@@ -39,7 +39,7 @@ fn rp(state: &SharedState) -> Result<&crate::oidc::RelyingParty, ApiError> {
     })
 }
 
-fn oidc_problem(e: &OidcError) -> ApiError {
+pub(super) fn oidc_problem(e: &OidcError) -> ApiError {
     let kind = match e {
         OidcError::Unavailable(_) => ProblemType::IdpUnavailable,
         OidcError::GrantRefused(_) => ProblemType::LoginRefused,
@@ -180,6 +180,29 @@ pub async fn finish(
         }
     };
 
+    let response = create_session(
+        &state,
+        &identity,
+        crate::elevation::METHOD_BROWSER,
+        format!("login={}", &state_hash[..16]),
+    )
+    .await?;
+    Ok(Json(response))
+}
+
+/// The end of every interactive sign-in (browser and device): the policy (`identity`, then
+/// `base_grant`), the revoked-user check, then the session row and its audit event.
+/// `login_ref` names the pending login in audit events (`login=…` or `device=…`). The
+/// session's `auth_time` is the identity's: `None` for the device flow, whose sessions never
+/// count as a recent sign-in.
+pub(super) async fn create_session(
+    state: &SharedState,
+    identity: &crate::oidc::VerifiedIdentity,
+    method: &str,
+    login_ref: String,
+) -> Result<SessionResponse, ApiError> {
+    let state = state.clone();
+    let now = now_secs();
     let decision = state
         .policy
         .identity(&identity.claims)
@@ -197,7 +220,7 @@ pub async fn finish(
                     .record(&AuditEvent::new(
                         "anonymous",
                         "login.denied",
-                        format!("login={}", &state_hash[..16]),
+                        login_ref,
                         detail,
                     ))
                     .map_err(|e| ApiError::internal("recording a refusal", e))
@@ -228,7 +251,7 @@ pub async fn finish(
         audit_refusal(
             &state,
             "login.refused",
-            format!("login={}", &state_hash[..16]),
+            login_ref,
             format!("user {} is revoked", who.username),
         )
         .await;
@@ -248,7 +271,7 @@ pub async fn finish(
         roles: grant.roles.clone(),
         principals: grant.principals.iter().map(|p| p.to_string()).collect(),
         auth_time: identity.auth_time,
-        method: "browser".into(),
+        method: method.to_string(),
         created_at: now,
         expires_at: now + session_ttl,
         revoked_at: None,
@@ -281,7 +304,7 @@ pub async fn finish(
             .map_err(|e| ApiError::internal("storing the session", e))
     })
     .await?;
-    Ok(Json(response))
+    Ok(response)
 }
 
 /// A valid, unexpired, unrevoked session named by the `Authorization: Bearer` header.

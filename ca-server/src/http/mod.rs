@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 mod certs;
+pub mod device;
 pub mod elevations;
 pub mod error;
 mod hosts;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub rp: Option<crate::oidc::RelyingParty>,
     /// The configured elevations, validated.
     pub elevations: Vec<crate::elevation::Elevation>,
+    /// Pending RFC 8628 device logins (in memory; see [`device::DeviceLogins`]).
+    pub device_logins: device::DeviceLogins,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -52,6 +55,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/auth/oidc/start", post(auth::start))
         .route("/v1/auth/oidc/finish", post(auth::finish))
         .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/device/start", post(device::start))
+        .route("/v1/auth/device/poll", post(device::poll))
         .route("/v1/session", get(certs::session))
         .route("/v1/certs", post(certs::issue))
         .route(
