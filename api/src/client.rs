@@ -227,6 +227,14 @@ impl Client {
         self.post("v1/auth/oidc/finish", req, None).await
     }
 
+    /// `POST /v1/auth/token`: exchanges an automation ID token for a session.
+    pub async fn token_exchange(
+        &self,
+        req: &TokenExchangeRequest,
+    ) -> Result<SessionResponse, ClientError> {
+        self.post("v1/auth/token", req, None).await
+    }
+
     /// `POST /v1/auth/device/start`.
     pub async fn device_start(&self) -> Result<DeviceStartResponse, ClientError> {
         self.post("v1/auth/device/start", &serde_json::json!({}), None)

@@ -95,6 +95,21 @@ pub struct OidcFinishRequest {
     pub login_secret: String,
 }
 
+/// `POST /v1/auth/token`: an ID token of a `[[trusted_issuers]]` issuer, for automation.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchangeRequest {
+    pub id_token: String,
+}
+
+impl std::fmt::Debug for TokenExchangeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenExchangeRequest")
+            .field("id_token", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A new session, returned exactly once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionResponse {

@@ -75,6 +75,52 @@ pub struct Config {
     pub roles: Vec<RoleConfig>,
     #[serde(default)]
     pub elevations: Vec<ElevationConfig>,
+    /// Issuers whose ID tokens `POST /v1/auth/token` exchanges for sessions (automation).
+    #[serde(default)]
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+}
+
+/// One `[[trusted_issuers]]` entry: an OpenID issuer (a CI system, a workload identity
+/// provider) whose ID tokens are exchanged for automation sessions. Such an identity's only
+/// principal is `<principal_prefix>.<subject>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerConfig {
+    /// Exact `iss` string.
+    pub issuer: String,
+    /// The one `aud` value that names this CA; a token naming any other audience is refused.
+    pub audience: String,
+    /// Where the signing keys are; default: discovery at `issuer/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// `^[a-z][a-z0-9-]{0,15}$`.
+    pub principal_prefix: String,
+    pub roles_from: RolesFromConfig,
+    pub max_cert_ttl: HumanDuration,
+}
+
+/// `roles_from = { claim = "...", map = { "claim-value" = "role-name" } }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesFromConfig {
+    pub claim: String,
+    pub map: std::collections::BTreeMap<String, String>,
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+/// `^[a-z][a-z0-9-]{0,15}$`.
+fn is_principal_prefix(p: &str) -> bool {
+    let b = p.as_bytes();
+    (1..=16).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,6 +386,10 @@ pub struct ElevationConfig {
     /// The requester's browser sign-in must be this recent at request and at first use.
     #[serde(default)]
     pub require_recent_auth: Option<HumanDuration>,
+    /// `[[trusted_issuers]]` whose automation identities may request this elevation (their
+    /// mapped roles must still be in `eligible_roles`). Default: none may.
+    #[serde(default)]
+    pub eligible_issuers: Vec<String>,
     #[serde(default)]
     pub approval: Option<ApprovalConfig>,
     #[serde(default)]
@@ -405,6 +455,7 @@ fn build_elevation(
     i: usize,
     e: &ElevationConfig,
     roles: &BTreeSet<&str>,
+    issuers: &BTreeSet<&str>,
 ) -> Result<Elevation, ConfigError> {
     let key = |f: &str| format!("elevations[{i}].{f}");
     if !is_elevation_name(&e.name) {
@@ -449,6 +500,17 @@ fn build_elevation(
                     } else {
                         roles.iter().copied().collect::<Vec<_>>().join(", ")
                     }
+                ),
+            ));
+        }
+    }
+    for (j, iss) in e.eligible_issuers.iter().enumerate() {
+        if !issuers.contains(iss.as_str()) {
+            return Err(invalid(
+                format!("elevations[{i}].eligible_issuers[{j}]"),
+                format!(
+                    "{} is not the issuer of any [[trusted_issuers]] entry",
+                    escaped(iss)
                 ),
             ));
         }
@@ -534,6 +596,7 @@ fn build_elevation(
         name: e.name.clone(),
         principals,
         eligible_roles: e.eligible_roles.iter().cloned().collect(),
+        eligible_issuers: e.eligible_issuers.iter().cloned().collect(),
         max_duration: e.max_duration.0,
         use_within: e.use_within.0,
         pending_timeout: e.pending_timeout.0,
@@ -655,9 +718,11 @@ impl Config {
             }
         }
         let roles: BTreeSet<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
+        self.validate_trusted_issuers(&roles)?;
+        let issuers = self.trusted_issuer_names();
         let mut names = BTreeSet::new();
         for (i, e) in self.elevations.iter().enumerate() {
-            build_elevation(i, e, &roles)?;
+            build_elevation(i, e, &roles, &issuers)?;
             if !names.insert(e.name.as_str()) {
                 return Err(invalid(
                     format!("elevations[{i}].name"),
@@ -668,14 +733,98 @@ impl Config {
         Ok(())
     }
 
+    fn trusted_issuer_names(&self) -> BTreeSet<&str> {
+        self.trusted_issuers
+            .iter()
+            .map(|t| t.issuer.as_str())
+            .collect()
+    }
+
+    fn validate_trusted_issuers(&self, roles: &BTreeSet<&str>) -> Result<(), ConfigError> {
+        let mut seen_issuers = BTreeSet::new();
+        let mut seen_prefixes = BTreeSet::new();
+        for (i, t) in self.trusted_issuers.iter().enumerate() {
+            let key = |f: &str| format!("trusted_issuers[{i}].{f}");
+            if t.issuer.is_empty() {
+                return Err(invalid(key("issuer"), "must not be empty"));
+            }
+            url::Url::parse(&t.issuer)
+                .map_err(|e| invalid(key("issuer"), format!("not a URL: {e}")))?;
+            if !seen_issuers.insert(t.issuer.as_str()) {
+                return Err(invalid(
+                    key("issuer"),
+                    format!("{} is listed twice", escaped(&t.issuer)),
+                ));
+            }
+            if self.oidc.as_ref().is_some_and(|o| o.issuer == t.issuer) {
+                return Err(invalid(
+                    key("issuer"),
+                    "equals [oidc] issuer; people sign in through [oidc], automation through a different issuer",
+                ));
+            }
+            if t.audience.is_empty() {
+                return Err(invalid(
+                    key("audience"),
+                    "must not be empty: it is the value that names this CA",
+                ));
+            }
+            if let Some(u) = &t.jwks_uri {
+                match url::Url::parse(u) {
+                    Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+                    _ => return Err(invalid(key("jwks_uri"), "must be an http(s) URL")),
+                }
+            }
+            if t.subject_claim.is_empty() {
+                return Err(invalid(key("subject_claim"), "must not be empty"));
+            }
+            if !is_principal_prefix(&t.principal_prefix) {
+                return Err(invalid(
+                    key("principal_prefix"),
+                    format!(
+                        "{} does not match ^[a-z][a-z0-9-]{{0,15}}$",
+                        escaped(&t.principal_prefix)
+                    ),
+                ));
+            }
+            if !seen_prefixes.insert(t.principal_prefix.as_str()) {
+                return Err(invalid(
+                    key("principal_prefix"),
+                    format!(
+                        "{} is used by another trusted issuer",
+                        escaped(&t.principal_prefix)
+                    ),
+                ));
+            }
+            if t.roles_from.claim.is_empty() {
+                return Err(invalid(key("roles_from.claim"), "must not be empty"));
+            }
+            if t.roles_from.map.is_empty() {
+                return Err(invalid(
+                    key("roles_from.map"),
+                    "must map at least one claim value to a role",
+                ));
+            }
+            for (value, role) in &t.roles_from.map {
+                if !roles.contains(role.as_str()) {
+                    return Err(invalid(
+                        format!("trusted_issuers[{i}].roles_from.map.{value}"),
+                        format!("{} is not a role of [[roles]]", escaped(role)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The validated elevations. Infallible: [`Config::parse`] built each one already
     /// (and refused the configuration if any failed).
     pub fn elevations(&self) -> Vec<Elevation> {
         let roles: BTreeSet<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
+        let issuers = self.trusted_issuer_names();
         self.elevations
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| build_elevation(i, e, &roles).ok())
+            .filter_map(|(i, e)| build_elevation(i, e, &roles, &issuers).ok())
             .collect()
     }
 
@@ -733,6 +882,11 @@ impl Config {
             username_source,
             groups_claim,
             default_ttl: self.certs.default_ttl.0,
+            automation_prefixes: self
+                .trusted_issuers
+                .iter()
+                .map(|t| t.principal_prefix.clone())
+                .collect(),
         }
     }
 }
@@ -1099,6 +1253,130 @@ principals = ["{username}"]
             "tz",
         );
         refused(&["auto_approve = { hours = { days = \"Mon\", from = \"08:00\", to = \"18:00\", tz = \"UTC\", dst = true } }"], "dst");
+    }
+
+    const TRUSTED: &str = r#"
+[[trusted_issuers]]
+issuer = "https://ci.example.com"
+audience = "pedm-ca"
+principal_prefix = "ci"
+roles_from = { claim = "repo", map = { "org/app" = "engineer" } }
+max_cert_ttl = "5m"
+"#;
+
+    fn trusted(changes: &[(&str, &str)]) -> String {
+        let mut t = TRUSTED.to_string();
+        for (from, to) in changes {
+            assert!(t.contains(from), "{from}");
+            t = t.replace(from, to);
+        }
+        format!("{ROLES}{t}")
+    }
+
+    #[test]
+    fn trusted_issuers_parse_with_defaults() {
+        let c = parse(&trusted(&[])).unwrap();
+        let t = &c.trusted_issuers[0];
+        assert_eq!(t.subject_claim, "sub");
+        assert!(t.jwks_uri.is_none());
+        assert_eq!(t.max_cert_ttl.0, Duration::from_secs(300));
+        assert_eq!(t.roles_from.map["org/app"], "engineer");
+        assert!(parse("").unwrap().trusted_issuers.is_empty());
+    }
+
+    #[test]
+    fn trusted_issuer_refusals_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("audience = \"pedm-ca\"", "audience = \"\"")],
+                "trusted_issuers[0].audience",
+            ),
+            (&[("audience = \"pedm-ca\"\n", "")], "audience"),
+            (&[("max_cert_ttl = \"5m\"\n", "")], "max_cert_ttl"),
+            (&[("principal_prefix = \"ci\"\n", "")], "principal_prefix"),
+            (
+                &[("\"ci\"", "\"CI\"")],
+                "trusted_issuers[0].principal_prefix",
+            ),
+            (
+                &[("\"ci\"", "\"1ci\"")],
+                "trusted_issuers[0].principal_prefix",
+            ),
+            (
+                &[("\"ci\"", "\"ci.x\"")],
+                "trusted_issuers[0].principal_prefix",
+            ),
+            (
+                &[("\"ci\"", "\"abcdefghijklmnopq\"")],
+                "trusted_issuers[0].principal_prefix",
+            ),
+            (
+                &[("= \"engineer\"", "= \"admin\"")],
+                "trusted_issuers[0].roles_from.map.org/app",
+            ),
+            (
+                &[("map = { \"org/app\" = \"engineer\" }", "map = {}")],
+                "trusted_issuers[0].roles_from.map",
+            ),
+            (
+                &[("\"https://ci.example.com\"", "\"not a url\"")],
+                "trusted_issuers[0].issuer",
+            ),
+            (&[("max_cert_ttl", "max_ttl")], "max_ttl"),
+        ];
+        for (changes, key) in cases {
+            let e = err(&trusted(changes));
+            assert!(e.contains(key), "{changes:?}: expected {key} in {e}");
+        }
+        // The longest prefix is fine.
+        assert!(parse(&trusted(&[("\"ci\"", "\"abcdefghijklmnop\"")])).is_ok());
+        // Twice the same issuer.
+        let twice = format!("{}{}", trusted(&[]), TRUSTED.replace("\"ci\"", "\"ci2\""));
+        let e = err(&twice);
+        assert!(
+            e.contains("trusted_issuers[1].issuer") && e.contains("twice"),
+            "{e}"
+        );
+        // Twice the same prefix.
+        let twice = format!(
+            "{}{}",
+            trusted(&[]),
+            TRUSTED.replace("ci.example.com", "other.example.com")
+        );
+        assert!(err(&twice).contains("trusted_issuers[1].principal_prefix"));
+        // The people's issuer.
+        let e = err(&format!(
+            "[oidc]\nissuer = \"https://ci.example.com\"\nclient_id = \"c\"\n{}",
+            trusted(&[])
+        ));
+        assert!(
+            e.contains("trusted_issuers[0].issuer") && e.contains("[oidc]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn elevation_eligible_issuers() {
+        let ok = format!(
+            "{}{}",
+            elevation(&["eligible_issuers = [\"https://ci.example.com\"]"]),
+            TRUSTED
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(
+            c.elevations()[0].eligible_issuers,
+            ["https://ci.example.com".to_string()].into()
+        );
+        assert!(parse(&elevation(&[])).unwrap().elevations()[0]
+            .eligible_issuers
+            .is_empty());
+        let bad = format!(
+            "{}{}",
+            elevation(&["eligible_issuers = [\"https://other.example.com\"]"]),
+            TRUSTED
+        );
+        let e = err(&bad);
+        assert!(e.contains("elevations[0].eligible_issuers[0]"), "{e}");
     }
 
     #[test]

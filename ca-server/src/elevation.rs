@@ -79,6 +79,9 @@ pub struct Elevation {
     pub principals: Vec<Principal>,
     /// Role names; the requester must hold one of them.
     pub eligible_roles: BTreeSet<String>,
+    /// `[[trusted_issuers]]` whose automation identities ([`METHOD_TOKEN`]) may request it;
+    /// empty: none may.
+    pub eligible_issuers: BTreeSet<String>,
     /// The longest grant; also the default when the request names no duration.
     pub max_duration: Duration,
     /// An approved request lapses unless its first certificate is issued this soon.
@@ -364,6 +367,15 @@ pub struct Actor {
     pub auth_time: Option<i64>,
     /// [`METHOD_BROWSER`], [`METHOD_DEVICE`] or [`METHOD_TOKEN`].
     pub method: String,
+    /// The issuer of the session's identity (a `[[trusted_issuers]]` one for tokens).
+    pub issuer: String,
+}
+
+impl Actor {
+    /// An automation identity from token exchange: no person, no groups.
+    pub fn is_automation(&self) -> bool {
+        self.method == METHOD_TOKEN
+    }
 }
 
 /// Times of one request, as stored.
@@ -403,6 +415,10 @@ pub enum ElevationRefusal {
     InvalidText { what: &'static str, problem: String },
     #[error("there is no elevation named {name}; configured: {known}")]
     UnknownElevation { name: String, known: String },
+    #[error("elevation {elevation:?} does not list the issuer {issuer} in eligible_issuers, so its automation identities may not request it")]
+    IssuerNotEligible { elevation: String, issuer: String },
+    #[error("automation identities (token exchange) can never {action} elevation requests")]
+    AutomationCannot { action: &'static str },
     #[error("elevation {elevation:?} is for the roles {eligible}; your roles are {yours}")]
     NotEligible {
         elevation: String,
@@ -494,7 +510,9 @@ impl ElevationRefusal {
             | NotRevoker { .. }
             | RevokeOwn
             | NotRequester
-            | NotYours => RefusalKind::Forbidden,
+            | NotYours
+            | IssuerNotEligible { .. }
+            | AutomationCannot { .. } => RefusalKind::Forbidden,
         }
     }
 
@@ -516,6 +534,8 @@ impl ElevationRefusal {
             NotRevoker { .. } | RevokeOwn => "not-revoker",
             NotRequester => "not-requester",
             NotYours => "not-yours",
+            IssuerNotEligible { .. } => "issuer-not-eligible",
+            AutomationCannot { .. } => "automation",
         }
     }
 }
@@ -696,6 +716,12 @@ pub fn assess(
         .as_ref()
         .map(|a| auto_conditions(a, requester, reason, now));
     let result = (|| {
+        if requester.is_automation() && !e.eligible_issuers.contains(&requester.issuer) {
+            return Err(ElevationRefusal::IssuerNotEligible {
+                elevation: e.name.clone(),
+                issuer: escaped(&requester.issuer),
+            });
+        }
         if !eligible {
             return Err(ElevationRefusal::NotEligible {
                 elevation: e.name.clone(),
@@ -836,6 +862,10 @@ pub fn check_decider(
     approver_recent_auth: Duration,
     now: i64,
 ) -> Result<(), ElevationRefusal> {
+    // Explicit, not only through the empty group list: no person stands behind a token.
+    if decider.is_automation() {
+        return Err(ElevationRefusal::AutomationCannot { action: "decide" });
+    }
     let Some(rule) = &e.approval else {
         return Err(ElevationRefusal::NoApprovalRule {
             elevation: e.name.clone(),
@@ -885,6 +915,9 @@ pub fn check_revoker(
     approver_recent_auth: Duration,
     now: i64,
 ) -> Result<(), ElevationRefusal> {
+    if who.is_automation() {
+        return Err(ElevationRefusal::AutomationCannot { action: "revoke" });
+    }
     if who.user == requester {
         return Err(ElevationRefusal::RevokeOwn);
     }
@@ -1079,6 +1112,7 @@ pub fn explain(
                 roles: roles.clone(),
                 auth_time: Some(at),
                 method: METHOD_BROWSER.into(),
+                issuer: String::new(),
             };
             let reason = reason.map(Reason::new);
             let valid = reason.as_ref().and_then(|r| r.as_ref().ok());
@@ -1283,6 +1317,7 @@ mod tests {
             name: "db-admin".into(),
             principals: vec![Principal::new("db-admin").unwrap()],
             eligible_roles: set(&["engineer"]),
+            eligible_issuers: BTreeSet::new(),
             max_duration: Duration::from_secs(1800),
             use_within: Duration::from_secs(3600),
             pending_timeout: Duration::from_secs(3600),
@@ -1302,7 +1337,80 @@ mod tests {
             roles: set(&["engineer"]),
             auth_time: Some(FRI_0830_BERLIN - 60),
             method: METHOD_BROWSER.into(),
+            issuer: "https://idp.example.com".into(),
         }
+    }
+
+    const CI: &str = "https://ci.example.com";
+
+    /// An automation identity `ci.<subject>` of the CI issuer with `roles`.
+    fn token_actor(subject: &str, roles: &[&str]) -> Actor {
+        Actor {
+            user: format!("ci.{subject}"),
+            groups: BTreeSet::new(),
+            roles: set(roles),
+            auth_time: None,
+            method: METHOD_TOKEN.into(),
+            issuer: CI.into(),
+        }
+    }
+
+    #[test]
+    fn token_actors_need_their_issuer_listed() {
+        let mut e = db_admin();
+        e.auto_approve = Some(auto(None, Some("INC-[0-9]+"), None));
+        let a = token_actor("deploy", &["engineer"]);
+        let r = request(&e, &a, "INC-1").unwrap_err();
+        assert_eq!(r.kind(), RefusalKind::Forbidden);
+        assert_eq!(r.label(), "issuer-not-eligible");
+        assert!(r.to_string().contains(CI), "{r}");
+        e.eligible_issuers = set(&["https://other.example.com"]);
+        assert_eq!(
+            request(&e, &a, "INC-1").unwrap_err().label(),
+            "issuer-not-eligible"
+        );
+        e.eligible_issuers = set(&[CI]);
+        assert_eq!(outcome(&e, &a, "INC-1"), Outcome::AutoApproved);
+        assert_eq!(
+            outcome(&e, &a, "no ticket"),
+            Outcome::Pending {
+                approvals_needed: 1
+            }
+        );
+        // Listed issuer, but the mapped roles are not eligible.
+        let r = request(&e, &token_actor("deploy", &["auditor"]), "INC-1").unwrap_err();
+        assert_eq!(r.label(), "not-eligible");
+        // A person is not affected by eligible_issuers.
+        e.eligible_issuers = BTreeSet::new();
+        assert_eq!(
+            outcome(&e, &actor("bob", &["eng"]), "INC-1"),
+            Outcome::AutoApproved
+        );
+    }
+
+    #[test]
+    fn token_actors_never_decide_or_revoke() {
+        // Even with an approver group (which token sessions never have), refused by method.
+        let mut t = token_actor("alice", &["engineer"]);
+        t.groups = set(&["security"]);
+        t.auth_time = Some(FRI_0830_BERLIN - 60);
+        let r = decide(&db_admin(), Pending, &[], &t).unwrap_err();
+        assert_eq!(r.kind(), RefusalKind::Forbidden);
+        assert_eq!(r.label(), "automation");
+        let mut browser = t.clone();
+        browser.method = METHOD_BROWSER.into();
+        assert_eq!(decide(&db_admin(), Pending, &[], &browser), Ok(()));
+        let r = check_revoker(
+            &db_admin(),
+            Pending,
+            "bob",
+            &t,
+            &set(&["security"]),
+            AR,
+            FRI_0830_BERLIN,
+        )
+        .unwrap_err();
+        assert_eq!(r.label(), "automation");
     }
 
     fn reason(s: &str) -> Reason {
@@ -1436,11 +1544,18 @@ mod tests {
             .to_string()
             .contains("device"));
         a.method = METHOD_TOKEN.into();
+        // Automation needs its issuer listed first; then it never counts as recent either.
+        assert_eq!(
+            request(&e, &a, "x").unwrap_err().kind(),
+            RefusalKind::Forbidden
+        );
+        e.eligible_issuers = set(&[a.issuer.as_str()]);
         assert_eq!(
             request(&e, &a, "x").unwrap_err().kind(),
             RefusalKind::ReauthRequired
         );
         // Without require_recent_auth, a device session may request.
+        a.method = METHOD_DEVICE.into();
         assert_eq!(outcome(&db_admin(), &a, "x"), PENDING1);
     }
 
@@ -1907,12 +2022,11 @@ mod tests {
             RefusalKind::ReauthRequired
         );
         carol.method = METHOD_TOKEN.into();
-        assert_eq!(
-            decide(&db_admin(), Pending, &[], &carol)
-                .unwrap_err()
-                .kind(),
-            RefusalKind::ReauthRequired
-        );
+        // Automation never decides, before any question of re-authentication.
+        let r = decide(&db_admin(), Pending, &[], &carol).unwrap_err();
+        assert_eq!(r.kind(), RefusalKind::Forbidden);
+        assert_eq!(r.label(), "automation");
+        carol.method = METHOD_DEVICE.into();
         // Reauth is asked for only when it would help.
         carol.auth_time = None;
         assert_eq!(
@@ -2165,6 +2279,7 @@ mod tests {
             username_source: UsernameSource::Claim("preferred_username".into()),
             groups_claim: "groups".into(),
             default_ttl: Duration::from_secs(900),
+            automation_prefixes: BTreeSet::new(),
         }
     }
 

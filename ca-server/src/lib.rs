@@ -19,3 +19,4 @@ pub mod report;
 pub mod serve;
 pub mod signer;
 pub mod store;
+pub mod token;

@@ -70,6 +70,9 @@ pub struct Policy {
     pub username_source: UsernameSource,
     pub groups_claim: String,
     pub default_ttl: Duration,
+    /// `[[trusted_issuers]] principal_prefix`es: a person's username never starts with
+    /// `<prefix>.`, so it can never equal an automation identity's name.
+    pub automation_prefixes: BTreeSet<String>,
 }
 
 /// Why an identity gets nothing. Every variant is a refusal; the message says what was
@@ -96,6 +99,8 @@ pub enum Refusal {
     EmailDomainNotAllowed(String),
     #[error("the {0:?} claim is not a list of strings")]
     GroupsNotStrings(String),
+    #[error("username {name:?} starts with {prefix:?}., which names automation identities of a trusted issuer; such an identity gets nothing")]
+    AutomationUsername { name: String, prefix: String },
     #[error("none of the groups {groups} maps to a role")]
     NoRole { groups: String },
 }
@@ -109,6 +114,7 @@ impl Refusal {
             | Refusal::UnsafeUsername(_) => "unsafe-username",
             Refusal::ReservedUsername(_) => "reserved-username",
             Refusal::PrivilegedUsername { .. } => "privileged-username",
+            Refusal::AutomationUsername { .. } => "automation-username",
             Refusal::EmailNotVerified | Refusal::EmailDomainNotAllowed(_) => "email",
             Refusal::GroupsNotStrings(_) => "groups",
             Refusal::NoRole { .. } => "no-role",
@@ -149,6 +155,16 @@ impl Policy {
         from_roles.chain(from_elevations)
     }
 
+    /// `Some(why)` when `name` is a reserved principal or one a role or elevation names.
+    pub fn reserved_or_privileged(&self, name: &str) -> Option<String> {
+        if self.reserved_principals.contains(name) {
+            return Some("reserved".into());
+        }
+        self.privileged_principals()
+            .find(|(p, _)| *p == name)
+            .map(|(_, owner)| format!("a principal named by {owner}"))
+    }
+
     /// Extracts and checks the username and groups from ID-token claims.
     pub fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, Refusal> {
         let raw = match &self.username_source {
@@ -178,6 +194,16 @@ impl Policy {
             return Err(Refusal::PrivilegedUsername {
                 name: username.to_string(),
                 owner,
+            });
+        }
+        if let Some(prefix) = self
+            .automation_prefixes
+            .iter()
+            .find(|p| username.as_str().starts_with(&format!("{p}.")))
+        {
+            return Err(Refusal::AutomationUsername {
+                name: username.to_string(),
+                prefix: prefix.clone(),
             });
         }
         let groups = match claims.get(&self.groups_claim) {
@@ -300,6 +326,7 @@ mod tests {
             username_source: UsernameSource::Claim("preferred_username".into()),
             groups_claim: "groups".into(),
             default_ttl: Duration::from_secs(900),
+            automation_prefixes: ["ci".to_string()].into(),
         }
     }
 
@@ -309,6 +336,23 @@ mod tests {
 
     fn decide(policy: &Policy, v: Value) -> Result<BaseGrant, Refusal> {
         policy.base_grant(&policy.identity(&claims(v))?)
+    }
+
+    #[test]
+    fn people_never_get_an_automation_name() {
+        let r = decide(
+            &policy(),
+            json!({"preferred_username": "ci.alice", "groups": ["eng"]}),
+        )
+        .unwrap_err();
+        assert_eq!(r.label(), "automation-username");
+        // Only the prefix followed by a dot.
+        let g = decide(
+            &policy(),
+            json!({"preferred_username": "cia", "groups": ["eng"]}),
+        )
+        .unwrap();
+        assert_eq!(g.principals, vec![p("cia")]);
     }
 
     #[test]

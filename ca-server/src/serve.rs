@@ -60,6 +60,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         metrics: Metrics::default(),
         device_logins: Default::default(),
+        tokens: crate::token::TokenExchange::new(&config.trusted_issuers)?,
     });
     let app = router(state.clone());
 

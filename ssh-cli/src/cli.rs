@@ -69,6 +69,7 @@ the key to ssh-agent when SSH_AUTH_SOCK is set.",
   pedm-ssh login --ca https://ca.example.com --key ~/.ssh/work_ed25519
   pedm-ssh login --reauth        # authenticate again (an elevation or an approval needs a recent sign-in)
   pedm-ssh login --device        # no browser here: enter the printed code on another device
+  pedm-ssh login --id-token-file \"$TOKEN_FILE\"   # CI: a trusted issuer's ID token (mode 0600)
 
 ",
             exit_codes!()
@@ -271,6 +272,10 @@ pub struct LoginArgs {
     /// prints a URL and a code to enter on any other device, then waits.
     #[arg(long, conflicts_with_all = ["reauth", "no_browser"])]
     pub device: bool,
+    /// For automation: exchange the ID token in FILE (mode 0600; of an issuer the CA lists
+    /// under [[trusted_issuers]]) for a session, without any browser or person.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["reauth", "no_browser", "device"])]
+    pub id_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -32,3 +32,4 @@ pub mod spinner;
 pub mod sshconfig;
 pub mod status;
 pub mod timefmt;
+pub mod token_login;

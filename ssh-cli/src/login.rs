@@ -61,6 +61,9 @@ impl std::fmt::Debug for LoginSecret {
 
 /// `pedm-ssh login`.
 pub async fn run(ctx: &Ctx, args: &LoginArgs) -> Result<(), Failure> {
+    if let Some(file) = &args.id_token_file {
+        return crate::token_login::run(ctx, args, file).await;
+    }
     if args.device {
         return crate::device::run(ctx, args).await;
     }

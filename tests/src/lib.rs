@@ -11,6 +11,7 @@
 //! - [`idp`]: the test OpenID provider.
 //! - [`fake_ca`]: serves any bundle JSON as `GET /v1/ca/bundle`.
 //! - [`proxy`]: a tampering HTTP proxy between the CA and the IdP (forged ID tokens).
+//! - [`token_issuer`]: an automation issuer (discovery + JWKS) minting EdDSA ID tokens.
 
 pub mod bins;
 pub mod ca;
@@ -22,4 +23,5 @@ pub mod logs;
 pub mod proxy;
 pub mod signin;
 pub mod sshd;
+pub mod token_issuer;
 pub mod users;

@@ -19,6 +19,7 @@ use axum::http::request::Parts;
 use axum::Json;
 use pedm_api::{
     AuthInfo, OidcFinishRequest, OidcStartRequest, OidcStartResponse, ProblemType, SessionResponse,
+    TokenExchangeRequest,
 };
 use serde_json::json;
 
@@ -202,13 +203,18 @@ pub(super) async fn create_session(
     login_ref: String,
 ) -> Result<SessionResponse, ApiError> {
     let state = state.clone();
-    let now = now_secs();
     let decision = state
         .policy
         .identity(&identity.claims)
         .and_then(|id| state.policy.base_grant(&id).map(|g| (id, g)));
     let (who, grant) = match decision {
-        Ok(d) => d,
+        Ok((who, grant)) => (
+            who,
+            NewSession {
+                roles: grant.roles,
+                principals: grant.principals.iter().map(|p| p.to_string()).collect(),
+            },
+        ),
         Err(refusal) => {
             let detail = json!({
                 "reason": refusal.to_string(),
@@ -237,8 +243,39 @@ pub(super) async fn create_session(
         }
     };
 
+    open_session(
+        &state,
+        &who.username,
+        who.groups.iter().cloned().collect(),
+        grant,
+        identity,
+        method,
+        login_ref,
+    )
+    .await
+}
+
+/// What a session grants, decided before [`open_session`].
+pub(super) struct NewSession {
+    pub roles: Vec<String>,
+    pub principals: Vec<String>,
+}
+
+/// The end of every sign-in, once the identity is decided: the revoked-user check, then the
+/// session row and its audit event.
+async fn open_session(
+    state: &SharedState,
+    username: &crate::names::Username,
+    groups: Vec<String>,
+    grant: NewSession,
+    identity: &crate::oidc::VerifiedIdentity,
+    method: &str,
+    login_ref: String,
+) -> Result<SessionResponse, ApiError> {
+    let state = state.clone();
+    let now = now_secs();
     let revoked = {
-        let user = who.username.to_string();
+        let user = username.to_string();
         blocking(&state, move |s| {
             s.authority
                 .store
@@ -252,7 +289,7 @@ pub(super) async fn create_session(
             &state,
             "login.refused",
             login_ref,
-            format!("user {} is revoked", who.username),
+            format!("user {username} is revoked"),
         )
         .await;
         return Err(ApiError::new(
@@ -264,12 +301,12 @@ pub(super) async fn create_session(
     let session_ttl = state.config.certs.session_ttl.0.as_secs() as i64;
     let row = SessionRow {
         id: login::sha256_hex(&token),
-        user: who.username.to_string(),
+        user: username.to_string(),
         issuer: identity.issuer.clone(),
         subject: identity.subject.clone(),
-        groups: who.groups.iter().cloned().collect(),
-        roles: grant.roles.clone(),
-        principals: grant.principals.iter().map(|p| p.to_string()).collect(),
+        groups,
+        roles: grant.roles,
+        principals: grant.principals,
         auth_time: identity.auth_time,
         method: method.to_string(),
         created_at: now,
@@ -305,6 +342,70 @@ pub(super) async fn create_session(
     })
     .await?;
     Ok(response)
+}
+
+/// `POST /v1/auth/token`: exchanges an ID token of a `[[trusted_issuers]]` issuer for an
+/// automation session (method `token`, no `auth_time`, no groups; see [`crate::token`]).
+/// Every refusal is audited as `login.refused` (`login.denied` for a token without a role).
+pub async fn token(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<TokenExchangeRequest>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    use crate::token::TokenRefusal;
+    let login_ref = format!("token={}", &login::sha256_hex(&req.id_token)[..16]);
+    let identity = match state.tokens.verify(&req.id_token, now_secs()).await {
+        Ok(i) => i,
+        Err(e) => {
+            let action = match e {
+                TokenRefusal::NoRole(_) => "login.denied",
+                _ => "login.refused",
+            };
+            audit_refusal(&state, action, login_ref, e.to_string()).await;
+            return Err(match e {
+                TokenRefusal::IdToken(_) => {
+                    ApiError::new(ProblemType::IdTokenRefused, e.to_string())
+                }
+                TokenRefusal::Unavailable(_) => {
+                    ApiError::new(ProblemType::IdpUnavailable, e.to_string())
+                }
+                TokenRefusal::NoRole(m) => {
+                    ApiError::new(ProblemType::NoRole, format!("{m}; no session was created"))
+                }
+            });
+        }
+    };
+    // The same refusals as for people: a reserved or privileged name gets nothing.
+    if let Some(owner) = state
+        .policy
+        .reserved_or_privileged(identity.username.as_str())
+    {
+        let reason = format!("the name {} is {owner}", identity.username);
+        audit_refusal(&state, "login.denied", login_ref, reason.clone()).await;
+        return Err(ApiError::new(
+            ProblemType::UsernameRefused,
+            format!("{reason}; no session was created"),
+        ));
+    }
+    let verified = crate::oidc::VerifiedIdentity {
+        issuer: identity.issuer.clone(),
+        subject: identity.subject.clone(),
+        auth_time: None,
+        claims: serde_json::Map::new(),
+    };
+    let response = open_session(
+        &state,
+        &identity.username,
+        Vec::new(),
+        NewSession {
+            roles: identity.roles.clone(),
+            principals: vec![identity.principal.to_string()],
+        },
+        &verified,
+        crate::elevation::METHOD_TOKEN,
+        login_ref,
+    )
+    .await?;
+    Ok(Json(response))
 }
 
 /// A valid, unexpired, unrevoked session named by the `Authorization: Bearer` header.

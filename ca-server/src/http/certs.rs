@@ -25,6 +25,9 @@ use serde_json::json;
 ///
 /// The policy is evaluated again from the groups stored with the session, so a role removed
 /// from the configuration stops issuing at once; the certificate never outlives the session.
+/// Automation sessions (token exchange) have no groups: their grant is re-derived by
+/// [`crate::token::automation_grant`] (the one principal `<prefix>.<subject>`, their roles'
+/// extensions, the shortest of the issuer's `max_cert_ttl` and the roles' TTLs).
 pub async fn issue(
     State(state): State<SharedState>,
     SignedIn(session): SignedIn,
@@ -84,10 +87,25 @@ pub async fn issue(
         username: username.clone(),
         groups: session.groups.iter().cloned().collect(),
     };
-    let grant = match state.policy.base_grant(&identity) {
+    let decided = if session.method == elevation::METHOD_TOKEN {
+        // Automation: never from groups (it has none); see `token::automation_grant`.
+        crate::token::automation_grant(
+            state.tokens.issuer(&session.issuer),
+            &state.policy,
+            &session.user,
+            &session.subject,
+            &session.roles,
+        )
+    } else {
+        state
+            .policy
+            .base_grant(&identity)
+            .map_err(|r| r.to_string())
+    };
+    let grant = match decided {
         Ok(g) => g,
         Err(refusal) => {
-            let (user, reason) = (session.user.clone(), refusal.to_string());
+            let (user, reason) = (session.user.clone(), refusal.clone());
             let _ = blocking(&state, move |s| {
                 s.authority
                     .record(&AuditEvent::new(

@@ -31,6 +31,26 @@ const RECENT_SECS: i64 = 30 * 86_400;
 /// The signed-in caller as the elevation policy sees them. Roles are re-derived from the
 /// groups stored with the session, so a role removed from the configuration stops counting.
 pub fn actor(state: &SharedState, s: &SessionRow) -> Actor {
+    if s.method == crate::elevation::METHOD_TOKEN {
+        // Automation: no groups, and only the roles its issuer still maps to.
+        let roles = crate::token::automation_grant(
+            state.tokens.issuer(&s.issuer),
+            &state.policy,
+            &s.user,
+            &s.subject,
+            &s.roles,
+        )
+        .map(|g| g.roles.into_iter().collect())
+        .unwrap_or_default();
+        return Actor {
+            user: s.user.clone(),
+            groups: BTreeSet::new(),
+            roles,
+            auth_time: None,
+            method: s.method.clone(),
+            issuer: s.issuer.clone(),
+        };
+    }
     let groups: BTreeSet<String> = s.groups.iter().cloned().collect();
     let roles = Username::new(&s.user)
         .ok()
@@ -51,6 +71,7 @@ pub fn actor(state: &SharedState, s: &SessionRow) -> Actor {
         roles,
         auth_time: s.auth_time,
         method: s.method.clone(),
+        issuer: s.issuer.clone(),
     }
 }
 

@@ -33,6 +33,8 @@ pub struct AppState {
     pub elevations: Vec<crate::elevation::Elevation>,
     /// Pending RFC 8628 device logins (in memory; see [`device::DeviceLogins`]).
     pub device_logins: device::DeviceLogins,
+    /// `[[trusted_issuers]]` for `POST /v1/auth/token`, with their keys and the replay cache.
+    pub tokens: crate::token::TokenExchange,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -55,6 +57,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/auth/oidc/start", post(auth::start))
         .route("/v1/auth/oidc/finish", post(auth::finish))
         .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/token", post(auth::token))
         .route("/v1/auth/device/start", post(device::start))
         .route("/v1/auth/device/poll", post(device::poll))
         .route("/v1/session", get(certs::session))
