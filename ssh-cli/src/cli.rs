@@ -450,22 +450,15 @@ mod tests {
         let mut cmd = Cli::command();
         let main_help = cmd.render_long_help().to_string();
         assert!(main_help.contains(EXIT_CODES), "{main_help}");
-        for sub in [
-            "login",
-            "cert",
-            "status",
-            "logout",
-            "elevate",
-            "requests",
-            "approve",
-            "deny",
-            "cancel",
-            "revoke",
-            "elevations",
-            "ensure",
-            "ssh",
-            "config",
-        ] {
+        // Every subcommand, so a new one cannot ship without an example and the exit codes.
+        let subs: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .filter(|n| n != "help")
+            .collect();
+        assert!(subs.len() >= 15, "{subs:?}");
+        for sub in &subs {
+            let sub = sub.as_str();
             let mut c = Cli::command();
             let s = c
                 .find_subcommand_mut(sub)
