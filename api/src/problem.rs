@@ -173,13 +173,31 @@ impl Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.title, self.status, self.detail)
+        // The detail comes from the server: control characters are escaped so it cannot
+        // forge lines in a host's log or a terminal.
+        let detail: String = self.detail.chars().flat_map(char::escape_default).collect();
+        let detail = if self.detail.chars().any(char::is_control) {
+            detail
+        } else {
+            self.detail.clone()
+        };
+        write!(f, "{} ({}): {}", self.title, self.status, detail)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_escapes_control_characters_from_the_server() {
+        let p = Problem::new(ProblemType::Forbidden, "no\nFAKE: line \u{1b}[2J");
+        let text = p.to_string();
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("no\\nFAKE"), "{text}");
+        let plain = Problem::new(ProblemType::Forbidden, "user “bob” is revoked");
+        assert!(plain.to_string().ends_with("user “bob” is revoked"));
+    }
 
     #[test]
     fn uris_are_unique_and_round_trip() {

@@ -127,7 +127,7 @@ pub struct SessionResponse {
 /// The IdP's `device_code` never leaves the CA; the CLI instead holds `poll_token`, a fresh
 /// 256-bit secret of the CA's whose SHA-256 names the pending device login. Whoever has the
 /// user code but not the poll token can complete the IdP side but never gets the session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStartResponse {
     /// Where the user enters `user_code` (at the IdP).
     pub verification_uri: String,
@@ -143,11 +143,32 @@ pub struct DeviceStartResponse {
     pub poll_token: String,
 }
 
+impl std::fmt::Debug for DeviceStartResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceStartResponse")
+            .field("verification_uri", &self.verification_uri)
+            .field("verification_uri_complete", &self.verification_uri_complete)
+            .field("user_code", &self.user_code)
+            .field("interval", &self.interval)
+            .field("expires_at", &self.expires_at)
+            .field("poll_token", &"<redacted>")
+            .finish()
+    }
+}
+
 /// `POST /v1/auth/device/poll`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePollRequest {
     pub poll_token: String,
+}
+
+impl std::fmt::Debug for DevicePollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevicePollRequest")
+            .field("poll_token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Answer of `POST /v1/auth/device/poll` when no refusal ended the login. Each call polls the
@@ -340,7 +361,7 @@ pub const CHECKIN_NAMESPACE: &str = "host-checkin@pedm-ssh";
 
 /// `POST /v1/hosts/enroll`: a host registers its sshd host key once, with a one-time join
 /// token from `pedm-ca hosts token`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
@@ -348,6 +369,16 @@ pub struct EnrollRequest {
     pub host_name: String,
     /// The sshd host public key (OpenSSH line) whose signatures count as this host's check-ins.
     pub host_key: String,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &"<redacted>")
+            .field("host_name", &self.host_name)
+            .field("host_key", &self.host_key)
+            .finish()
+    }
 }
 
 /// Answer of `POST /v1/hosts/enroll`.
@@ -426,5 +457,34 @@ mod tests {
             json!({"poll_token": "p", "device_code": "x"})
         )
         .is_err());
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let e = EnrollRequest {
+            token: "pedm-join-SECRET".into(),
+            host_name: "h".into(),
+            host_key: "k".into(),
+        };
+        let p = DevicePollRequest {
+            poll_token: "SECRET".into(),
+        };
+        let d = DeviceStartResponse {
+            verification_uri: "u".into(),
+            verification_uri_complete: None,
+            user_code: "c".into(),
+            interval: 5,
+            expires_at: 1,
+            poll_token: "SECRET".into(),
+        };
+        for text in [format!("{e:?}"), format!("{p:?}"), format!("{d:?}")] {
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
     }
 }

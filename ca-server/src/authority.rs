@@ -478,7 +478,10 @@ impl Authority {
 
     /// Runs `op`; when it fails because a rotation committed since the signer was loaded,
     /// loads the new active key and runs it once more.
-    fn with_current_key<T>(&self, op: impl Fn() -> Result<T, CaError>) -> Result<T, CaError> {
+    fn with_current_key<T>(
+        &self,
+        mut op: impl FnMut() -> Result<T, CaError>,
+    ) -> Result<T, CaError> {
         match op() {
             Err(CaError::Store(StoreError::KeyChanged { .. })) => {
                 self.reload_signer()?;
@@ -565,13 +568,7 @@ impl Authority {
         elevation: &ElevationId,
         decide: &mut GrantDecider<'_>,
     ) -> Result<(Issued, Issued), CaError> {
-        match self.issue_with_elevation_once(base, elevation, decide) {
-            Err(CaError::Store(StoreError::KeyChanged { .. })) => {
-                self.reload_signer()?;
-                self.issue_with_elevation_once(base, elevation, decide)
-            }
-            other => other,
-        }
+        self.with_current_key(|| self.issue_with_elevation_once(base, elevation, decide))
     }
 
     fn issue_with_elevation_once(
@@ -782,6 +779,23 @@ impl Authority {
     /// Publishes a new signed KRL when what is revoked changed or less than half of the
     /// current one's lifetime is left; returns the current one. Revoked serials leave the KRL
     /// once their certificates have expired.
+    /// The stored KRL when it is fresh (more than half of its life left) and signed by the
+    /// key this process signs with; otherwise [`Authority::ensure_krl`].
+    pub fn current_krl(&self, lifetime_secs: i64) -> Result<crate::store::KrlRow, CaError> {
+        if let Some(current) = self.store.latest_krl()? {
+            let fresh = current.expires_at - now_secs() > lifetime_secs / 2;
+            if fresh && self.krl_signed_by_active(&current) {
+                return Ok(current);
+            }
+        }
+        self.ensure_krl(lifetime_secs)
+    }
+
+    fn krl_signed_by_active(&self, krl: &crate::store::KrlRow) -> bool {
+        serde_json::from_slice::<pedm_api::krl::KrlPayload>(&krl.payload)
+            .is_ok_and(|p| p.ca_key == self.active_key())
+    }
+
     pub fn ensure_krl(&self, lifetime_secs: i64) -> Result<crate::store::KrlRow, CaError> {
         // Sign only with the key that is active now (another process may have rotated).
         self.reload_signer()?;
@@ -806,9 +820,10 @@ impl Authority {
             let fresh = current.expires_at - now > lifetime_secs / 2;
             // Hosts accept a KRL only from the bundle's active key: after an activation the
             // KRL must be signed again by the new key at once.
-            let by_active = serde_json::from_slice::<pedm_api::krl::KrlPayload>(&current.payload)
-                .is_ok_and(|p| p.ca_key == self.active_key());
-            if fresh && by_active && current.content_sha256 == content_sha256 {
+            if fresh
+                && self.krl_signed_by_active(&current)
+                && current.content_sha256 == content_sha256
+            {
                 return Ok(current);
             }
         }
@@ -1263,7 +1278,7 @@ impl Authority {
         }
         let cp = Checkpoint::sign(
             &head,
-            crate::store::now_ms_pub(),
+            crate::store::now_ms(),
             self.current_signer().as_ref(),
         )
         .map_err(|e| CaError::Io(e.to_string()))?;

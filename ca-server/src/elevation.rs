@@ -405,6 +405,8 @@ pub enum RefusalKind {
     Conflict,
     /// A more recent sign-in would allow it: `reauth-required` (401).
     ReauthRequired,
+    /// Someone else's request: answered like an unknown one, `not-found` (404).
+    NotFound,
 }
 
 /// Why an elevation action is refused. Every message says what was wrong and what to do;
@@ -510,9 +512,9 @@ impl ElevationRefusal {
             | NotRevoker { .. }
             | RevokeOwn
             | NotRequester
-            | NotYours
             | IssuerNotEligible { .. }
             | AutomationCannot { .. } => RefusalKind::Forbidden,
+            NotYours => RefusalKind::NotFound,
         }
     }
 
@@ -2184,7 +2186,7 @@ mod tests {
             .unwrap_err();
             assert_eq!(r, ElevationRefusal::NotYours);
             assert!(!r.to_string().contains("alice"));
-            assert_eq!(r.kind(), RefusalKind::Forbidden);
+            assert_eq!(r.kind(), RefusalKind::NotFound);
         }
     }
 
@@ -2238,7 +2240,7 @@ mod tests {
     #[test]
     fn refusal_kinds() {
         use ElevationRefusal::*;
-        assert_eq!(NotYours.kind(), RefusalKind::Forbidden);
+        assert_eq!(NotYours.kind(), RefusalKind::NotFound);
         assert_eq!(RevokeOwn.kind(), RefusalKind::Forbidden);
         assert_eq!(NotRequester.kind(), RefusalKind::Forbidden);
         assert_eq!(

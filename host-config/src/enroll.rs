@@ -20,8 +20,8 @@ use std::path::PathBuf;
 /// Default host key, relative to the sshd configuration directory.
 pub const DEFAULT_HOST_KEY: &str = "ssh_host_ed25519_key.pub";
 
-/// Everything `enroll` is told on the command line.
-#[derive(Debug, Clone)]
+/// Everything `enroll` is told on the command line. `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct EnrollOptions {
     pub token: String,
     /// CA URL for the enrollment; default: the one install saved (check-ins always go there).
@@ -31,6 +31,18 @@ pub struct EnrollOptions {
     pub host_key: Option<PathBuf>,
     /// Default: the kernel's host name, lower-cased.
     pub host_name: Option<String>,
+}
+
+impl std::fmt::Debug for EnrollOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollOptions")
+            .field("token", &"<redacted>")
+            .field("ca_url", &self.ca_url)
+            .field("etc_dir", &self.etc_dir)
+            .field("host_key", &self.host_key)
+            .field("host_name", &self.host_name)
+            .finish()
+    }
 }
 
 /// Why `enroll` stopped. Every variant means: state.json is unchanged.

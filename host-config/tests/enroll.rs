@@ -358,6 +358,11 @@ fn enroll_defaults_to_the_system_host_name_and_takes_the_token_from_the_environm
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
         })
     else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true: this machine's host name is not one the CA accepts, so the default cannot be tested"
+        );
         eprintln!("skipping: this machine's host name is not one the CA accepts");
         return;
     };

@@ -9,7 +9,6 @@ use crate::escape::escape;
 use crate::exit::{self, Exit, Failure};
 use crate::{fsutil, keys, paths};
 use pedm_api::{Client, TokenExchangeRequest};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 /// The longest token accepted from the file.
@@ -24,37 +23,29 @@ pub fn read_token(path: &Path) -> Result<String, Failure> {
             "write the ID token to a file of mode 0600 (for example with `umask 077`)",
         )
     };
-    let meta = std::fs::metadata(path).map_err(|e| {
-        fail(format!(
-            "cannot read {}: {e}",
-            escape(&path.display().to_string())
-        ))
-    })?;
-    if !meta.is_file() {
-        return Err(fail(format!(
-            "{} is not a regular file",
-            escape(&path.display().to_string())
-        )));
-    }
-    let mode = meta.mode() & 0o7777;
+    let shown = || escape(&path.display().to_string());
+    // Opened once, symlinks refused, the mode checked on the file that is read.
+    let (file, mode) = fsutil::open_private(path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", shown())))?
+        .ok_or_else(|| fail(format!("{} does not exist", shown())))?;
     if fsutil::is_wider_than_private(mode) {
         return Err(fail(format!(
             "{} has mode {mode:04o}; an ID token is a secret and its file must not be readable by others",
-            escape(&path.display().to_string())
+            shown()
         )));
     }
-    if meta.len() > MAX_TOKEN_BYTES {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_TOKEN_BYTES + 1),
+        &mut text,
+    )
+    .map_err(|e| fail(format!("cannot read {}: {e}", shown())))?;
+    if text.len() as u64 > MAX_TOKEN_BYTES {
         return Err(fail(format!(
             "{} is larger than {MAX_TOKEN_BYTES} bytes: not an ID token",
-            escape(&path.display().to_string())
+            shown()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(format!(
-            "cannot read {}: {e}",
-            escape(&path.display().to_string())
-        ))
-    })?;
     let token = text.trim().to_string();
     if token.is_empty() || token.split('.').count() != 3 {
         return Err(fail(format!(

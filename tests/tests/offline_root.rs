@@ -138,6 +138,11 @@ fn key_changes_wait_for_the_offline_root_and_only_its_signature_is_imported() {
         "a tampered bundle was imported: {}",
         describe(&out)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("altered"),
+        "{}",
+        describe(&out)
+    );
     let out = run(&ca, &["bundle", "import", "--config", p(&cfg), p(&signed)]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(health_version(&url), 2);

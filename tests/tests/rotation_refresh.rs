@@ -69,7 +69,7 @@ fn rotation_through_refresh_never_locks_anyone_out() {
     let old_key = ca.ca_key.clone();
 
     // Step 0: the old key only.
-    let c0 = issue(&ca, &key, "15s", dir.path().join("c0.cert"));
+    let c0 = issue(&ca, &key, "30s", dir.path().join("c0.cert"));
     assert!(logs_in(&sshd, &key, &c0));
 
     // Step 1: stage, refresh: the host trusts both; activation waits for the interval.
@@ -82,7 +82,7 @@ fn rotation_through_refresh_never_locks_anyone_out() {
         .to_string();
     ok("refresh 1", sshd.refresh());
     assert!(trusted(&sshd).contains(&new_key) && trusted(&sshd).contains(&old_key));
-    let c1 = issue(&ca, &key, "15s", dir.path().join("c1.cert"));
+    let c1 = issue(&ca, &key, "30s", dir.path().join("c1.cert"));
     assert!(logs_in(&sshd, &key, &c0) && logs_in(&sshd, &key, &c1));
     let status = ok("status", cmd(&["keys", "status"]));
     assert!(

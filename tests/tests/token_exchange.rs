@@ -427,4 +427,9 @@ fn cli_login_with_an_id_token_file() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("replayed"),
+        "the refusal must be the replay: {}",
+        describe(&out)
+    );
 }

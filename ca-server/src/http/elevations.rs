@@ -83,6 +83,7 @@ pub fn refusal_problem(r: &ElevationRefusal) -> ApiError {
         RefusalKind::Forbidden => ProblemType::Forbidden,
         RefusalKind::Conflict => ProblemType::Conflict,
         RefusalKind::ReauthRequired => ProblemType::ReauthRequired,
+        RefusalKind::NotFound => ProblemType::NotFound,
     };
     ApiError::new(kind, r.to_string())
 }
@@ -95,6 +96,7 @@ pub fn store_problem(context: &str, e: StoreError) -> ApiError {
             Ok(r) => refusal_problem(&r),
             Err(other) => ApiError::new(ProblemType::Conflict, other.to_string()),
         },
+        StoreError::NotFound(what) => ApiError::new(ProblemType::NotFound, what),
         other => ApiError::internal(context, other),
     }
 }
@@ -275,6 +277,8 @@ pub async fn request(
         ));
     }
     let stored = row.clone();
+    // The decisions are the ones just written: the policy's, if it approved.
+    let decisions: Vec<DecisionRow> = auto_decision.iter().cloned().collect();
     blocking(&state, move |s| {
         s.authority
             .store
@@ -282,7 +286,6 @@ pub async fn request(
             .map_err(|e| ApiError::internal("storing the elevation request", e))
     })
     .await?;
-    let decisions = decisions_of(&state, &row.id).await?;
     Ok(Json(view(&state, &row, &decisions, now)))
 }
 

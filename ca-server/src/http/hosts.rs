@@ -21,12 +21,15 @@ use ssh_key::{HashAlg, PublicKey, SshSig};
 /// How far a check-in's time may be from the CA's.
 const CHECKIN_SKEW_SECS: i64 = 300;
 
-/// `GET /v1/krl`: the current KRL, re-issued first if revocations changed or it ages.
+/// `GET /v1/krl`: the published KRL. Every path that changes what is revoked (or the active
+/// key) publishes a new one itself, and `serve` re-issues it as it ages, so this read-only
+/// endpoint only rebuilds when the stored KRL is missing, past half of its life or signed by
+/// a key that is no longer the active one.
 pub async fn krl(State(state): State<SharedState>) -> Result<Json<SignedKrl>, ApiError> {
     let lifetime = state.config.krl.lifetime.0.as_secs() as i64;
     let row = blocking(&state, move |s| {
         s.authority
-            .ensure_krl(lifetime)
+            .current_krl(lifetime)
             .map_err(|e| ApiError::internal("publishing the KRL", e))
     })
     .await?;

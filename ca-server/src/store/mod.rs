@@ -7,7 +7,7 @@
 
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{now_ms, SqliteStore};
 
 use crate::audit::{AuditEvent, AuditRecord, Checkpoint};
 use crate::cert::CertError;
@@ -31,6 +31,9 @@ pub enum StoreError {
         signer: String,
         active: Option<String>,
     },
+    /// The row the operation needs does not exist; the message says which.
+    #[error("{0}")]
+    NotFound(String),
     /// A decision made inside a transaction (by policy) refused the change; nothing was
     /// written. The HTTP layer downcasts it to the policy's refusal.
     #[error("{0}")]
@@ -470,9 +473,4 @@ pub trait Store: Send + Sync {
     fn create_pending_login(&self, login: &PendingLogin, event: &AuditEvent) -> Result<()>;
     /// Removes and returns the pending login with this state (single use).
     fn take_pending_login(&self, state: &str, event: &AuditEvent) -> Result<Option<PendingLogin>>;
-}
-
-/// Unix milliseconds now.
-pub fn now_ms_pub() -> i64 {
-    sqlite::now_ms()
 }

@@ -170,7 +170,8 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -613,8 +614,11 @@ impl Store for SqliteStore {
         sign_elevated: &mut ElevatedSign<'_>,
     ) -> Result<(IssuedRow, IssuedRow)> {
         self.write(|tx| {
-            let (row, decisions) = read_elevation(tx, elevation_id)?
-                .ok_or_else(|| StoreError::Rejected("no such elevation request".into()))?;
+            let (row, decisions) = read_elevation(tx, elevation_id)?.ok_or_else(|| {
+                StoreError::NotFound(
+                    "no such elevation request of yours; nothing was issued".into(),
+                )
+            })?;
             let plan = plan(&row, &decisions).map_err(StoreError::Rejected)?;
             if let Some(change) = &plan.activation {
                 apply_change(tx, &row.id, change)?;
